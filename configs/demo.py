@@ -1,0 +1,35 @@
+"""The demo: the whole chain at toy scale on the project's generated corpus, in minutes on 2 CPU cores.
+
+  python main.py --config=configs/demo.py --workdir=/tmp/xlm_demo
+
+Variants: `configs/demo.py:pretrain` runs only the pretraining part (task=pretrain).
+"""
+from xlm_jax.config_base import base_config
+
+
+def get_config(arg: str | None = None):
+  c = base_config()
+  c.task = "demo" if arg in (None, "", "demo") else arg
+  c.data.corpus = "generated"
+  c.data.languages = "xa,xb,xc"
+  c.data.generated_sizes.n_mono = 20000
+  c.data.generated_sizes.n_para = 10000
+  c.data.vocab_size = 1000
+  c.data.mlm_steps = "xa,xb,xc"
+  c.data.bptt = 64
+  c.data.batch_size = 32
+  c.data.eval_rows = 128
+  c.model.emb_dim = 128
+  c.model.n_layers = 2
+  c.model.n_heads = 4
+  c.model.dropout = 0.1
+  c.model.attention_dropout = 0.1
+  c.model.dtype = "bfloat16"
+  c.train.steps = 1500
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 200
+  c.train.clip_grad_norm = 1.0
+  c.checkpoint.every = 500
+  c.log.every = 100
+  c.log.eval_every = 500
+  return c

@@ -1,0 +1,90 @@
+"""Defaults shared by every config file in configs/. Each field is documented where it is set.
+
+Config files call `base_config()` and change what their experiment needs; `main.py` then applies
+`--config.a.b=value` overrides. The dict is locked, so a mistyped field name fails instead of being ignored.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from xlm_jax.parallel import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "pretrain"          # pretrain | demo (| nmt | classify)
+  c.seed = 0                   # every random choice (init, data order, masks, dropout) derives from it
+
+  c.model = ml_collections.ConfigDict()
+  c.model.emb_dim = 256
+  c.model.n_layers = 4
+  c.model.n_heads = 4
+  c.model.use_lang_emb = True          # language embeddings (only when there are 2+ languages)
+  c.model.max_positions = 512
+  c.model.sinusoidal_embeddings = False
+  c.model.activation = "gelu"          # gelu (exact erf form) | relu
+  c.model.dropout = 0.1
+  c.model.attention_dropout = 0.1
+  c.model.dtype = "float32"            # matmul input dtype: float32 | bfloat16 (f32 accumulation and weights)
+  c.model.remat = False                # recompute layer activations in the backward pass (saves memory)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = "generated"          # 'generated' (the project's synthetic corpus) or a folder of text files
+  c.data.languages = "xa,xb,xc"        # comma-separated codes; language ids are their alphabetical order
+  c.data.generated_sizes = ml_collections.ConfigDict(dict(n_mono=20000, n_para=10000, n_valid=500, n_test=500))
+  c.data.vocab_size = 2000             # shared BPE vocabulary, specials and language tags included
+  c.data.tokenizer_alpha = 0.5         # language sampling for BPE training: p_l ~ n_l**alpha
+  c.data.tokenizer_sentences = 300000  # sentences sampled to train the BPE
+  c.data.mlm_steps = "xa,xb,xc"        # reference syntax: 'en,fr' monolingual MLM
+  c.data.clm_steps = ""                # 'en,fr' monolingual CLM
+  c.data.lambda_mlm = "1"              # loss weight: constant or piecewise-linear '0:1,10000:0.1'
+  c.data.lambda_clm = "1"
+  c.data.mixing = "shared"             # shared: all objectives in one update | separate: one objective per update
+  c.data.lg_sampling_factor = -1.0     # p ~ n**factor over languages; -1 = uniform (the reference default)
+  c.data.bptt = 128                    # row length L
+  c.data.batch_size = 32               # global rows per step (all processes together)
+  c.data.word_pred = 0.15
+  c.data.word_mask_keep_rand = "0.8,0.1,0.1"
+  c.data.sample_alpha = 0.0            # > 0: mask frequent tokens less, p ~ count**-sample_alpha
+  c.data.eval_rows = 256               # held-out rows per language and objective
+  c.data.cache_dir = ""                # prepared datasets; default WORKDIR/data
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.lr = 1e-4
+  c.train.schedule = "inverse_sqrt"    # inverse_sqrt (XLM) | constant | linear_warmup_cosine
+  c.train.warmup_steps = 4000
+  c.train.warmup_init_lr = 1e-7
+  c.train.beta1 = 0.9
+  c.train.beta2 = 0.98
+  c.train.eps = 1e-6
+  c.train.weight_decay = 0.0
+  c.train.clip_grad_norm = 5.0         # global norm; 0 disables
+  c.train.accumulate_gradients = 1     # micro-batches per update (batch_size must divide)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                     # -1: all devices not used by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = [list(r) for r in DEFAULT_RULES]
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 500
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  c.log = ml_collections.ConfigDict()
+  c.log.every = 50
+  c.log.eval_every = 500               # 0: evaluate at the end only
+  c.log.progress_bar = True
+  c.log.peak_flops = 0.0               # per-device peak for MFU; 0 = measure a matmul on this device
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator = ""       # host:port of process 0; '' = single process or auto-detect (TPU, SLURM)
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  return c
+
+
+def parse_list(text: str) -> list[str]:
+  return [s.strip() for s in str(text).split(",") if s.strip()]

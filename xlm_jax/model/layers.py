@@ -1,0 +1,187 @@
+"""Building blocks of the XLM Transformer: linear maps, embeddings, attention, feed-forward, layer norm.
+
+Conventions shared by every block:
+- Parameters are float32 and carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`); a rules table in
+  the config maps them onto the mesh. Nothing here knows about meshes.
+- `dtype` is the dtype of matmul *inputs*; every matmul accumulates and returns float32
+  (`preferred_element_type=float32`), so bfloat16 runs keep float32 LayerNorm, softmax and residuals.
+- Initialisation follows the reference: embeddings N(0, dim**-0.5) with the pad row zeroed, linear layers with
+  PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, LayerNorm 1/0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Axes = tuple[str | None, ...]
+NEG_INF = float(jnp.finfo(jnp.float32).min)
+
+
+def torch_linear_init(fan_in: int):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default for nn.Linear weights and biases."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def embedding_init(dim: int, pad_id: int | None = None):
+  """N(0, dim**-0.5), with the row of `pad_id` set to zero as in the reference's `Embedding`."""
+
+  def init(key, shape, dtype=jnp.float32):
+    table = jax.random.normal(key, shape, dtype) * dim ** -0.5
+    if pad_id is not None and 0 <= pad_id < shape[0]:
+      table = table.at[pad_id].set(0.0)
+    return table
+
+  return init
+
+
+def sinusoidal_table(n_positions: int, dim: int) -> jnp.ndarray:
+  """The reference's fixed position table: pos / 10000**(2*(j//2)/dim), sin on even columns, cos on odd ones."""
+  pos = jnp.arange(n_positions, dtype=jnp.float32)[:, None]
+  j = jnp.arange(dim)
+  angle = pos / jnp.power(10000.0, 2 * (j // 2) / dim).astype(jnp.float32)[None, :]
+  return jnp.where(j % 2 == 0, jnp.sin(angle), jnp.cos(angle))
+
+
+class Linear(nn.Module):
+  """y = x . W + b contracting the last `len(in_shape)` axes of x, with float32 accumulation.
+
+  `features` may be a tuple (e.g. (heads, head_dim)), so head splitting needs no reshape: the kernel of q/k/v is
+  [embed, heads, kv] and the output kernel [heads, kv, embed]. The split is head-major, the same as the
+  reference's `view(bs, -1, n_heads, dim_per_head)`.
+  """
+
+  features: Sequence[int]
+  kernel_axes: Axes
+  n_contract: int = 1
+  dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    features = tuple(self.features)
+    in_shape = x.shape[-self.n_contract:]
+    fan_in = math.prod(in_shape)
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(torch_linear_init(fan_in), self.kernel_axes),
+        in_shape + features, jnp.float32)
+    contract_x = tuple(range(x.ndim - self.n_contract, x.ndim))
+    contract_k = tuple(range(self.n_contract))
+    y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), ((contract_x, contract_k), ((), ())),
+                        preferred_element_type=jnp.float32)
+    if self.use_bias:
+      bias = self.param(
+          "bias", nn.with_logical_partitioning(torch_linear_init(fan_in), self.kernel_axes[self.n_contract:]),
+          features, jnp.float32)
+      y = y + bias
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis in float32, eps 1e-12 by default (Flax's own default, 1e-6, is not XLM's)."""
+
+  eps: float = 1e-12
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    dim = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (dim,), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (dim,), jnp.float32)
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * lax.rsqrt(var + self.eps) * scale + bias
+
+
+class Embedding(nn.Module):
+  """A lookup table [num, dim]; `attend` gives x . table^T (the tied output projection)."""
+
+  num: int
+  dim: int
+  axes: Axes
+  pad_id: int | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(embedding_init(self.dim, self.pad_id), self.axes),
+        (self.num, self.dim), jnp.float32)
+
+  def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
+    return jnp.take(self.embedding, ids, axis=0)
+
+  def attend(self, x: jnp.ndarray) -> jnp.ndarray:
+    return lax.dot_general(x.astype(self.dtype), self.embedding.astype(self.dtype), (((x.ndim - 1,), (1,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+
+
+def attention_mask(q_segments: jnp.ndarray, k_segments: jnp.ndarray, causal: bool,
+                   q_offset: jnp.ndarray | int = 0) -> jnp.ndarray:
+  """Boolean [B, 1, Q, K]: query i may attend key j.
+
+  Segment ids are 0 on padding and equal for tokens of one example (both sentences of a TLM pair share one id),
+  so attention never crosses packed examples and never reads padding. Causal masks compare absolute indices in
+  the row (`q_offset` shifts the query indices when decoding step by step), not positions: positions restart at
+  the second sentence of a pair and must not be used to derive order or segments.
+  """
+  allowed = (q_segments[:, :, None] == k_segments[:, None, :]) & (k_segments[:, None, :] > 0)
+  if causal:
+    q_idx = jnp.arange(q_segments.shape[1])[:, None] + q_offset
+    k_idx = jnp.arange(k_segments.shape[1])[None, :]
+    allowed = allowed & (k_idx <= q_idx)
+  return allowed[:, None, :, :]
+
+
+class MultiHeadAttention(nn.Module):
+  """Scaled dot-product attention with separate q/k/v/out projections (all with bias), softmax in float32.
+
+  q is divided by sqrt(head_dim) before the product, as in the reference. Masked scores are float32's minimum
+  (as transformers does), which equals -inf after the softmax unless a whole row is masked (a padded query row,
+  zeroed by the caller).
+  """
+
+  n_heads: int
+  dtype: jnp.dtype = jnp.float32
+  attention_dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, kv: jnp.ndarray, mask: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+    dim = x.shape[-1]
+    head_dim = dim // self.n_heads
+    proj = lambda name: Linear((self.n_heads, head_dim), ("embed", "heads", "kv"), dtype=self.dtype, name=name)
+    q = proj("q_lin")(x) / math.sqrt(head_dim)
+    k = proj("k_lin")(kv)
+    v = proj("v_lin")(kv)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(self.dtype), k.astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores, NEG_INF)
+    weights = jax.nn.softmax(scores, axis=-1)
+    weights = nn.Dropout(self.attention_dropout)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v.astype(self.dtype),
+                     preferred_element_type=jnp.float32)
+    return Linear((dim,), ("heads", "kv", "embed"), n_contract=2, dtype=self.dtype, name="out_lin")(out)
+
+
+class FeedForward(nn.Module):
+  """lin2(act(lin1(x))) with a 4*dim hidden layer; exact (erf) GELU or ReLU. Dropout is applied by the caller."""
+
+  hidden_dim: int
+  activation: str = "gelu"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    dim = x.shape[-1]
+    h = Linear((self.hidden_dim,), ("embed", "mlp"), dtype=self.dtype, name="lin1")(x)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = jax.nn.gelu(h, approximate=False) if self.activation == "gelu" else jax.nn.relu(h)
+    return Linear((dim,), ("mlp", "embed"), dtype=self.dtype, name="lin2")(h)

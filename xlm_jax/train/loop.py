@@ -1,0 +1,266 @@
+"""The one training loop: sharded init or resume, jitted steps, metrics, evaluation, checkpoints, preemption.
+
+Tasks (pretrain, nmt, classify) describe *what* to train as a `TrainTask`; this module decides *how*:
+
+- state created on the mesh from logical axis names, or restored from the newest complete checkpoint onto the
+  current mesh (any mesh: checkpoints are global arrays);
+- `jit(step, in_shardings, out_shardings, donate_argnums=0)`; a batch structure that differs from step to step
+  (objectives taking turns) compiles once per structure;
+- metrics of step s are fetched after step s+1 is dispatched, so the host never stalls the device;
+- held-out evaluation every `eval_every` steps and at the end; checkpoints every `checkpoint_every` steps, at the
+  end and when a preemption notice arrives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xlm_jax import checkpoint as ckpt
+from xlm_jax import parallel
+from xlm_jax.train import flops as flops_lib
+from xlm_jax.train.metrics import MetricsWriter, format_metrics
+from xlm_jax.train.optim import make_optimizer
+from xlm_jax.train.state import TrainState, sharded_state_layout
+
+LossFn = Callable[..., tuple[jnp.ndarray, dict]]
+
+
+@dataclasses.dataclass
+class TrainTask:
+  """What a task hands to the loop.
+
+  loss(params, batch, rng, step, deterministic) -> (scalar loss to minimise, dict of summed statistics). The
+    statistics follow a naming convention the loop understands: `<name>_loss_sum`, `<name>_correct` and
+    `<name>_count` become `<name>_loss`, `<name>_acc` and `<name>_ppl`; anything else is reported as a sum.
+  batches: `.batch(step)` -> this process's numpy rows of step `step`; `.fingerprint()` -> str.
+  eval_sets: name -> list of batches (numpy, this process's rows), evaluated with the same `loss`.
+  meta: the bundle metadata saved with every checkpoint.
+  step_flops(batch) -> model FLOPs of one step on this process's rows (for MFU); step_tokens(batch) -> real
+    tokens in this process's rows. The loop multiplies both by the number of processes.
+  extra_eval(params, step) -> dict of extra held-out metrics (e.g. BLEU); optional.
+  """
+
+  name: str
+  init_params: Callable[[jax.Array], Any]
+  loss: LossFn
+  batches: Any
+  eval_sets: Mapping[str, list]
+  meta: dict
+  step_flops: Callable[[Mapping], float]
+  step_tokens: Callable[[Mapping], int]
+  compute_dtype: str = "float32"
+  extra_eval: Callable[[Any, int], dict] | None = None
+  init_from: Callable[[Any], Any] | None = None  # params -> params, applied to a fresh state (NMT seeding)
+
+
+def summarize(stats: Mapping[str, float]) -> dict[str, float]:
+  """Turn summed statistics into means, accuracies and perplexities."""
+  out = {}
+  names = {k[:-len("_count")] for k in stats if k.endswith("_count")}
+  for name in sorted(names):
+    count = float(stats[f"{name}_count"])
+    if count <= 0:
+      continue
+    loss = float(stats.get(f"{name}_loss_sum", math.nan)) / count
+    out[f"{name}_loss"] = loss
+    out[f"{name}_ppl"] = math.exp(min(loss, 50.0))
+    if f"{name}_correct" in stats:
+      out[f"{name}_acc"] = float(stats[f"{name}_correct"]) / count
+  for k, v in stats.items():
+    if not (k.endswith("_count") or k.endswith("_loss_sum") or k.endswith("_correct")):
+      out[k] = float(v)
+  return out
+
+
+def make_train_step(loss: LossFn, tx: optax.GradientTransformation, schedule, accumulate: int):
+  """One optimizer update on a batch (split into `accumulate` micro-batches whose gradients are averaged)."""
+
+  def step_fn(state: TrainState, batch):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grad_fn = jax.value_and_grad(lambda p, b, k: loss(p, b, k, state.step, False), has_aux=True)
+    if accumulate == 1:
+      (value, stats), grads = grad_fn(state.params, batch, key)
+    else:
+      # rows r, r + B/A, ... form micro-batch r % A; the batch axis stays the sharded (major) axis.
+      micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accumulate, accumulate) + x.shape[1:]),
+                                                  0, 1), batch)
+
+      def body(carry, xs):
+        g_sum, s_sum, v_sum = carry
+        b, i = xs
+        (v, s), g = grad_fn(state.params, b, jax.random.fold_in(key, i))
+        return (jax.tree.map(jnp.add, g_sum, g), jax.tree.map(jnp.add, s_sum, s), v_sum + v), None
+
+      first = jax.tree.map(lambda x: x[0], micro)
+      s_shape = jax.eval_shape(lambda: grad_fn(state.params, first, key)[0][1])
+      zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)
+      (grads, stats, value), _ = jax.lax.scan(body, (zeros(state.params), zeros(s_shape), jnp.zeros(())),
+                                              (micro, jnp.arange(accumulate)))
+      grads = jax.tree.map(lambda g: g / accumulate, grads)
+      value = value / accumulate
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(stats)
+    metrics.update(loss=value, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return step_fn
+
+
+def _fetch(metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def evaluate(eval_step, params, eval_sets: Mapping[str, list], mesh) -> dict[str, float]:
+  """Run every held-out set; returns summarized metrics prefixed by the set's name."""
+  results = {}
+  for name, batches in eval_sets.items():
+    total: dict[str, float] = {}
+    for batch in batches:
+      stats = _fetch(eval_step(params, parallel.global_batch(batch, mesh)))
+      for k, v in stats.items():
+        total[k] = total.get(k, 0.0) + v
+    for k, v in summarize(total).items():
+      results[f"{name}/{k}"] = v
+  return results
+
+
+def train(task: TrainTask, config, workdir: str, mesh) -> dict[str, float]:
+  """Train `task` for `config.train.steps` steps (resuming in `workdir` when it holds a checkpoint).
+
+  Returns the final held-out metrics.
+  """
+  rules = parallel.rules_from_config(config.mesh.rules)
+  tx, schedule = make_optimizer(config.train)
+  create, target, shardings = sharded_state_layout(task.init_params, tx, config.seed, mesh, rules)
+  checkpointer = ckpt.Checkpointer(f"{workdir}/checkpoints",
+                                  keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  total_steps = int(config.train.steps)
+  latest = checkpointer.latest_step()
+  writer_start = 0
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    if latest is not None:
+      train_target = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
+      restored = checkpointer.restore(latest, target.params, train_target)
+      train_part = restored["train"]
+      state = TrainState(step=train_part["step"], params=restored["params"], opt_state=train_part["opt_state"],
+                         rng=train_part["rng"])
+      data_state = restored.get("data") or {}
+      start_step = int(data_state.get("next_step", latest))
+      if data_state.get("fingerprint") not in (None, task.batches.fingerprint()):
+        print(f"warning: the data settings changed since step {latest}; batches after resume differ from an "
+              "uninterrupted run's.", flush=True)
+      writer_start = start_step
+    else:
+      state = create()
+      if task.init_from is not None:
+        state = state.replace(params=task.init_from(state.params))
+      start_step = 0
+
+    writer = MetricsWriter(workdir, total_steps, writer_start, progress_bar=config.log.progress_bar)
+    if latest is not None:
+      writer.log(f"resumed from {workdir}/checkpoints/{latest} at step {start_step}")
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    writer.log(f"{task.name}: {n_params:,} parameters, mesh {dict(mesh.shape)}, {jax.device_count()} devices, "
+               f"{total_steps} steps")
+
+    data_sharding = parallel.batch_sharding(mesh)
+    step_fn = jax.jit(make_train_step(task.loss, tx, schedule, int(config.train.accumulate_gradients)),
+                      in_shardings=(shardings, data_sharding), out_shardings=(shardings, None), donate_argnums=0)
+    eval_step = jax.jit(lambda p, b: task.loss(p, b, None, jnp.zeros((), jnp.int32), True)[1],
+                        in_shardings=(shardings.params, data_sharding))
+    peak = float(config.log.peak_flops) or flops_lib.measured_peak_flops(task.compute_dtype)
+    peak_total = peak * jax.device_count()
+
+    def run_eval(step: int) -> dict[str, float]:
+      results = evaluate(eval_step, state.params, task.eval_sets, mesh)
+      if task.extra_eval is not None:
+        results.update(task.extra_eval(state.params, step))
+      writer.write(step, results, "eval")
+      writer.log(f"eval step {step}: " + format_metrics(results))
+      return results
+
+    def save(step: int, force: bool = False) -> None:
+      meta = dict(task.meta, step=step)
+      train_part = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
+      checkpointer.save(step, state.params, meta, train=train_part, data={"next_step": step,
+                                                                         "fingerprint": task.batches.fingerprint()},
+                        force=force)
+
+    from xlm_jax.data.pipeline import DataIterator
+    iterator = DataIterator(task.batches, start_step)
+    pending = None  # (step, metrics on device, flops, tokens) of the previous step
+    window = {"t0": None, "steps": 0, "flops": 0.0, "tokens": 0, "sums": {}}
+    last_eval: dict[str, float] = {}
+    step = start_step
+    try:
+      while step < total_steps:
+        _, local = next(iterator)
+        batch = parallel.global_batch(local, mesh)
+        state, metrics = step_fn(state, batch)
+        flops = task.step_flops(local) * jax.process_count()
+        tokens = task.step_tokens(local) * jax.process_count()
+        if pending is not None:
+          _account(pending, window, writer, config, peak_total)
+        pending = (step, metrics, flops, tokens)
+        step += 1
+        if step % config.checkpoint.every == 0 and step < total_steps:
+          save(step)
+        if config.log.eval_every and step % config.log.eval_every == 0 and step < total_steps:
+          last_eval = run_eval(step)
+        if checkpointer.reached_preemption(step):
+          writer.log(f"preemption notice at step {step}: saving and stopping")
+          save(step, force=True)
+          checkpointer.wait()
+          return last_eval
+      if pending is not None:
+        _account(pending, window, writer, config, peak_total, final=True)
+      if latest is None or start_step < total_steps or not last_eval:
+        last_eval = run_eval(total_steps)
+      if checkpointer.latest_step() != total_steps:
+        save(total_steps, force=True)
+      checkpointer.wait()
+    finally:
+      iterator.close()
+      checkpointer.close()
+      writer.close()
+  return last_eval
+
+
+def _account(pending, window, writer: MetricsWriter, config, peak_total: float, final: bool = False) -> None:
+  """Fetch the previous step's metrics (the next step is already dispatched) and log every `log.every` steps."""
+  step, metrics, flops, tokens = pending
+  values = _fetch(metrics)
+  now = time.perf_counter()
+  if window["t0"] is None:  # the first step includes compilation: start timing after it
+    window["t0"] = now
+  else:
+    window["steps"] += 1
+    window["flops"] += flops
+    window["tokens"] += tokens
+  for k, v in values.items():
+    window["sums"][k] = window["sums"].get(k, 0.0) + v
+  window["n"] = window.get("n", 0) + 1
+  writer.progress(1, loss=values.get("loss", float("nan")))
+  done = step + 1
+  if done % config.log.every == 0 or final:
+    sums = window.pop("sums")
+    n = window.pop("n")
+    report = summarize({k: v for k, v in sums.items() if k not in ("loss", "grad_norm", "lr")})
+    report.update(loss=sums.get("loss", 0.0) / n, grad_norm=sums.get("grad_norm", 0.0) / n, lr=values.get("lr", 0.0))
+    elapsed = now - window["t0"]
+    if window["steps"] and elapsed > 0:
+      report["tokens_per_sec"] = window["tokens"] / elapsed
+      report["steps_per_sec"] = window["steps"] / elapsed
+      report["mfu"] = window["flops"] / elapsed / peak_total
+    writer.write(done, report, "train")
+    writer.log(f"step {done}: " + format_metrics(report, sorted(k for k in report if "/" not in k)))
+    window.update(t0=now, steps=0, flops=0.0, tokens=0, sums={})
