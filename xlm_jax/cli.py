@@ -36,12 +36,22 @@ def parse_flags(argv: list[str]) -> list[str]:
   return argv
 
 
+def enable_compilation_cache(directory: str) -> None:
+  """Keep compiled XLA programs on disk so that a resumed or repeated run does not compile again."""
+  if not directory:
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run_task(config, workdir: str | None) -> int:
   logging.getLogger("absl").setLevel(logging.WARNING)
   if not workdir:
     fail("--workdir is required.")
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
+    enable_compilation_cache(config.compilation_cache_dir)
     from xlm_jax import parallel
     parallel.maybe_initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                                           config.distributed.process_id)

@@ -14,6 +14,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "pretrain"          # pretrain | demo (| nmt | classify)
   c.seed = 0                   # every random choice (init, data order, masks, dropout) derives from it
+  c.compilation_cache_dir = "~/.cache/xlm_jax/jit"  # persistent XLA compilation cache; '' disables it
 
   c.model = ml_collections.ConfigDict()
   c.model.emb_dim = 256

@@ -24,7 +24,7 @@ def run(config, workdir: str) -> dict:
   pre = config.copy_and_resolve_references()
   with pre.unlocked():
     pre.task = "pretrain"
-  metrics = pretrain.run(pre, workdir)
+  metrics = pretrain.run(pre, workdir).metrics
   ppl, acc = _summary(metrics)
   lines = [f"demo finished in {time.time() - start:.0f}s; workdir {workdir}",
            f"held-out MLM perplexity {ppl:.2f}, accuracy {acc:.3f} (mean over languages)"]

@@ -126,6 +126,9 @@ def tokenizer_from_state(state: Mapping) -> Tokenizer:
   kind = state.get("kind")
   if kind == SentencePieceTokenizer.kind:
     return SentencePieceTokenizer(base64.b64decode(state["model"]), state.get("languages", ()))
+  if kind == "xlm_bpe":  # published XLM models: Moses + BPE merges (xlm_jax/interop/xlm_bpe.py), imported lazily
+    from xlm_jax.interop.xlm_bpe import XLMBPETokenizer
+    return XLMBPETokenizer.from_state(state)
   factory = _EXTRA_KINDS.get(kind)
   if factory is None:
     raise UserError(f"unknown tokenizer kind {kind!r} in the bundle; known kinds: "

@@ -147,28 +147,95 @@ class MultiHeadAttention(nn.Module):
   q is divided by sqrt(head_dim) before the product, as in the reference. Masked scores are float32's minimum
   (as transformers does), which equals -inf after the softmax unless a whole row is masked (a padded query row,
   zeroed by the caller).
+
+  `__call__` is the full-sequence path (training, encoding). Incremental decoding uses `cached_self_attention`
+  (one new query per row, keys/values written into a preallocated cache) and `cached_cross_attention` (keys and
+  values of the source computed once by `source_keys_values`); both give the full path's result for the same
+  prefix. `dim` is the model width (the projections need it before seeing an input).
   """
 
   n_heads: int
   dtype: jnp.dtype = jnp.float32
   attention_dropout: float = 0.0
+  dim: int = 0
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, kv: jnp.ndarray, mask: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
-    dim = x.shape[-1]
-    head_dim = dim // self.n_heads
-    proj = lambda name: Linear((self.n_heads, head_dim), ("embed", "heads", "kv"), dtype=self.dtype, name=name)
-    q = proj("q_lin")(x) / math.sqrt(head_dim)
-    k = proj("k_lin")(kv)
-    v = proj("v_lin")(kv)
+  def setup(self):
+    if self.dim <= 0 or self.dim % self.n_heads:
+      raise ValueError(f"MultiHeadAttention needs dim (a multiple of n_heads={self.n_heads}), got {self.dim}")
+    head_dim = self.dim // self.n_heads
+    proj = lambda: Linear((self.n_heads, head_dim), ("embed", "heads", "kv"), dtype=self.dtype)
+    self.q_lin = proj()
+    self.k_lin = proj()
+    self.v_lin = proj()
+    self.out_lin = Linear((self.dim,), ("heads", "kv", "embed"), n_contract=2, dtype=self.dtype)
+    self.weights_dropout = nn.Dropout(self.attention_dropout)
+
+  def queries(self, x: jnp.ndarray) -> jnp.ndarray:
+    """[B, Q, H, Dh] float32, already divided by sqrt(head_dim)."""
+    return self.q_lin(x) / math.sqrt(self.dim // self.n_heads)
+
+  def keys_values(self, kv: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Keys and values [B, K, H, Dh] float32."""
+    return self.k_lin(kv), self.v_lin(kv)
+
+  def attend(self, q, k, v, mask, deterministic: bool = True) -> jnp.ndarray:
+    """softmax(q.k^T masked) . v, then the output projection: [B, Q, D]; q/k/v as from `queries`/`keys_values`."""
     scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(self.dtype), k.astype(self.dtype),
                         preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores, NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
-    weights = nn.Dropout(self.attention_dropout)(weights, deterministic=deterministic)
+    weights = self.weights_dropout(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v.astype(self.dtype),
                      preferred_element_type=jnp.float32)
-    return Linear((dim,), ("heads", "kv", "embed"), n_contract=2, dtype=self.dtype, name="out_lin")(out)
+    return self.out_lin(out)
+
+  def __call__(self, x: jnp.ndarray, kv: jnp.ndarray, mask: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+    return self.attend(self.queries(x), *self.keys_values(kv), mask, deterministic)
+
+  # --- incremental decoding -------------------------------------------------------------------------------------
+
+  def source_keys_values(self, src: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Cross-attention keys and values of the source [Bs, S, D], as [Bs, H, S, Dh] in the compute dtype.
+
+    Computed once per source; every beam of a sentence reads the same copy (nothing is replicated per beam).
+    Casting here is exact: the full path casts k and v to the compute dtype right before its products.
+    """
+    k, v = self.keys_values(src)
+    return (jnp.swapaxes(k, 1, 2).astype(self.dtype), jnp.swapaxes(v, 1, 2).astype(self.dtype))
+
+  def cached_cross_attention(self, x, src_k, src_v, src_mask) -> jnp.ndarray:
+    """Cross-attention of one new token per row. x [N, 1, D] with N = Bs * G rows (G beams per sentence, beam
+    fastest), src_k/src_v [Bs, H, S, Dh] from `source_keys_values`, src_mask [Bs, 1, 1, S]. Returns [N, 1, D]."""
+    n_src = src_k.shape[0]
+    group = x.shape[0] // n_src
+    q = self.queries(x).reshape(n_src, group, self.n_heads, -1)  # the beams of a sentence act as its queries
+    scores = jnp.einsum("bghd,bhsd->bhgs", q.astype(self.dtype), src_k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(jnp.where(src_mask, scores, NEG_INF), axis=-1)
+    out = jnp.einsum("bhgs,bhsd->bghd", weights.astype(self.dtype), src_v, preferred_element_type=jnp.float32)
+    return self.out_lin(out.reshape(x.shape[0], 1, self.n_heads, -1))
+
+  def cached_self_attention(self, x, k_cache, v_cache, index, mask):
+    """Causal self-attention of one new token per row over a preallocated key/value cache.
+
+    x [N, 1, D], N = Bs * G rows (sentence-major, G beams per sentence). The caches are [Bs, H, G, T, Dh] in the
+    compute dtype: slot g of sentence b at time j holds the key/value that the row which was beam g at step j
+    computed. Rows are never moved when beams are reordered; instead `mask` [Bs, 1, G, G, T] says, for each row
+    (b, g) and each time j, which slot holds its own ancestor's entry (exactly one slot per j <= index, none
+    after). The new key/value is written at time `index` into the row's own slot with `lax.dynamic_update_slice`,
+    so one compiled step serves every position. Returns (out [N, 1, D], k_cache, v_cache).
+    """
+    n_src, n_heads, group = k_cache.shape[:3]
+    q = self.queries(x).reshape(n_src, group, n_heads, -1)
+    k, v = self.keys_values(x)  # [N, 1, H, Dh]
+    to_cache = lambda t: jnp.transpose(t.reshape(n_src, group, n_heads, 1, -1), (0, 2, 1, 3, 4)).astype(self.dtype)
+    start = (0, 0, 0, index, 0)
+    k_cache = lax.dynamic_update_slice(k_cache, to_cache(k), start)
+    v_cache = lax.dynamic_update_slice(v_cache, to_cache(v), start)
+    scores = jnp.einsum("bghd,bhktd->bhgkt", q.astype(self.dtype), k_cache, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores, NEG_INF)
+    weights = jax.nn.softmax(scores.reshape(scores.shape[:3] + (-1,)), axis=-1).reshape(scores.shape)
+    out = jnp.einsum("bhgkt,bhktd->bghd", weights.astype(self.dtype), v_cache, preferred_element_type=jnp.float32)
+    return self.out_lin(out.reshape(x.shape[0], 1, n_heads, -1)), k_cache, v_cache
 
 
 class FeedForward(nn.Module):

@@ -133,11 +133,16 @@ def evaluate(eval_step, params, eval_sets: Mapping[str, list], mesh) -> dict[str
   return results
 
 
-def train(task: TrainTask, config, workdir: str, mesh) -> dict[str, float]:
-  """Train `task` for `config.train.steps` steps (resuming in `workdir` when it holds a checkpoint).
+@dataclasses.dataclass
+class TrainResult:
+  """The final held-out metrics and the final (sharded) train state."""
 
-  Returns the final held-out metrics.
-  """
+  metrics: dict[str, float]
+  state: TrainState
+
+
+def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
+  """Train `task` for `config.train.steps` steps (resuming in `workdir` when it holds a checkpoint)."""
   rules = parallel.rules_from_config(config.mesh.rules)
   tx, schedule = make_optimizer(config.train)
   create, target, shardings = sharded_state_layout(task.init_params, tx, config.seed, mesh, rules)
@@ -220,7 +225,7 @@ def train(task: TrainTask, config, workdir: str, mesh) -> dict[str, float]:
           writer.log(f"preemption notice at step {step}: saving and stopping")
           save(step, force=True)
           checkpointer.wait()
-          return last_eval
+          return TrainResult(last_eval, state)
       if pending is not None:
         _account(pending, window, writer, config, peak_total, final=True)
       if latest is None or start_step < total_steps or not last_eval:
@@ -232,7 +237,7 @@ def train(task: TrainTask, config, workdir: str, mesh) -> dict[str, float]:
       iterator.close()
       checkpointer.close()
       writer.close()
-  return last_eval
+  return TrainResult(last_eval, state)
 
 
 def _account(pending, window, writer: MetricsWriter, config, peak_total: float, final: bool = False) -> None:

@@ -203,8 +203,8 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   return task, context
 
 
-def run(config, workdir: str) -> dict[str, float]:
-  """Pretrain as `config` says, in `workdir` (resuming when it holds a checkpoint); returns held-out metrics."""
-  mesh = parallel.make_mesh(config.mesh.to_dict())
+def run(config, workdir: str, devices=None):
+  """Pretrain as `config` says, in `workdir` (resuming when it holds a checkpoint). Returns a `TrainResult`."""
+  mesh = parallel.make_mesh(config.mesh.to_dict(), devices)
   task, _ = build_task(config, workdir, mesh)
   return train(task, config, workdir, mesh)

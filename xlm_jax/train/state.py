@@ -26,6 +26,13 @@ class TrainState:
   rng: jnp.ndarray
 
 
+def strip_boxes(tree: Any) -> Any:
+  """The values inside logical-partitioning boxes (no sharding constraint applied, unlike `nn.unbox` under a
+  mesh context)."""
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def sharded_state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, seed: int,
                          mesh, rules):
   """How to create the train state directly on the mesh (never whole on one device).
@@ -46,7 +53,7 @@ def sharded_state_layout(init_params: Callable[[jax.Array], Any], tx: optax.Grad
   rng = jax.random.key(seed)
   abstract = jax.eval_shape(boxed_state, rng)
   shardings = parallel.logical_shardings(abstract, mesh, rules)
-  unboxed = nn.unbox(abstract)
+  unboxed = strip_boxes(abstract)
   target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings)
   create = lambda: jax.jit(lambda r: nn.unbox(boxed_state(r)), out_shardings=shardings)(rng)
   return create, target, shardings

@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny configs that compile fast, and a way to run main.py in a subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+FULL = os.environ.get("XLM_JAX_FULL_TESTS") == "1"
+
+# One persistent XLA compilation cache for the whole test session (in-process and subprocesses): the many small
+# runs of the same shapes compile once.
+JIT_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jit"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def tiny_config(**overrides):
+  """The demo config shrunk to seconds: 2 small layers, short rows, a small generated corpus."""
+  from configs.demo import get_config
+  c = get_config("pretrain")
+  c.data.generated_sizes.n_mono = 2000
+  c.data.generated_sizes.n_para = 1000
+  c.data.generated_sizes.n_valid = 100
+  c.data.generated_sizes.n_test = 100
+  c.data.vocab_size = 300
+  c.data.bptt = 32
+  c.data.batch_size = 8
+  c.data.eval_rows = 16
+  c.model.emb_dim = 32
+  c.model.n_layers = 2
+  c.model.n_heads = 4
+  c.model.dtype = "float32"
+  c.train.steps = 20
+  c.train.warmup_steps = 5
+  c.checkpoint.every = 10
+  c.checkpoint.async_save = False
+  c.log.every = 10
+  c.log.eval_every = 0
+  c.log.progress_bar = False
+  c.log.peak_flops = 1e11
+  c.compilation_cache_dir = JIT_CACHE
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = getattr(node, p)
+    setattr(node, last, value)
+  return c
+
+
+def config_flags_for(overrides: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+TINY_FLAGS = {
+    "task": "pretrain", "data.generated_sizes.n_mono": 2000, "data.generated_sizes.n_para": 1000,
+    "data.generated_sizes.n_valid": 100, "data.generated_sizes.n_test": 100, "data.vocab_size": 300,
+    "data.bptt": 32, "data.batch_size": 8, "data.eval_rows": 16, "model.emb_dim": 32, "model.n_layers": 2,
+    "model.n_heads": 4, "model.dtype": "float32", "train.steps": 20, "train.warmup_steps": 5,
+    "checkpoint.every": 10, "log.every": 10, "log.eval_every": 0, "log.progress_bar": False,
+    "log.peak_flops": 1e11, "compilation_cache_dir": JIT_CACHE,
+}
+
+
+def run_main(workdir: str, overrides: dict | None = None, extra_env: dict | None = None, config="configs/demo.py",
+             timeout: int = 600, **popen) -> subprocess.CompletedProcess:
+  flags = {**TINY_FLAGS, **(overrides or {})}
+  cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"--config={os.path.join(ROOT, config)}",
+         f"--workdir={workdir}", *config_flags_for(flags)]
+  env = {**os.environ, "PYTHONPATH": ROOT, **(extra_env or {})}
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **popen)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+  """A small generated corpus, shared by the tests of a session."""
+  from xlm_jax.data import synthetic
+  out = tmp_path_factory.mktemp("corpus")
+  synthetic.generate_corpus(out, seed=0, n_mono=2000, n_para=1000, n_valid=100, n_test=100)
+  return str(out)

@@ -1,0 +1,159 @@
+"""The XLM Transformer: published parameter counts, masking semantics, causal mode, bf16 path, traps."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import xlm_paper
+from xlm_jax.model import Transformer, TransformerConfig, count_parameters, init_params
+from xlm_jax.model.layers import sinusoidal_table
+from xlm_jax.train.pretrain import model_config
+
+SMALL = TransformerConfig(vocab_size=50, emb_dim=32, n_layers=2, n_heads=4, n_langs=3, dropout=0.0,
+                          attention_dropout=0.0)
+
+
+def n_params(cfg):
+  abstract = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(abstract)))
+
+
+@pytest.mark.parametrize("variant, expected", [("xlm_mlm_tlm_xnli15_1024", 249_071_384),
+                                               ("xlm_mlm_100_1280", 571_696_960)])
+def test_paper_configs_match_published_parameter_counts(variant, expected):
+  config = xlm_paper.get_config(variant)
+  from xlm_jax.config_base import parse_list
+  cfg = model_config(config, config.data.vocab_size, len(parse_list(config.data.languages)), 2)
+  assert n_params(cfg) == expected
+  assert count_parameters(cfg) == expected
+
+
+def test_paper_enfr_shape():
+  config = xlm_paper.get_config("xlm_mlm_enfr_1024")
+  cfg = model_config(config, config.data.vocab_size, 2, 2)
+  assert (cfg.n_layers, cfg.emb_dim, cfg.n_heads, cfg.ffn_dim, cfg.has_lang_emb) == (6, 1024, 8, 4096, True)
+  assert n_params(cfg) == count_parameters(cfg)
+
+
+def test_parameters_carry_logical_axis_names():
+  boxed = jax.eval_shape(lambda: init_params(SMALL, jax.random.key(0)))
+  specs = nn.get_partition_spec(boxed)
+  assert tuple(specs["embeddings"]["embedding"]) == ("vocab", "embed")
+  assert tuple(specs["layers_0"]["attention"]["q_lin"]["kernel"]) == ("embed", "heads", "kv")
+  assert tuple(specs["layers_1"]["ffn"]["lin2"]["kernel"]) == ("mlp", "embed")
+  assert tuple(specs["pred_bias"]) == ("vocab",)
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert all(isinstance(x, nn.Partitioned) for x in leaves)
+
+
+@pytest.fixture(scope="module")
+def params():
+  p = nn.unbox(init_params(SMALL, jax.random.key(1)))
+  # perturb biases and LayerNorms so that masking mistakes cannot hide behind zeros and ones
+  leaves, tree = jax.tree.flatten(p)
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def test_pad_row_of_fresh_embedding_is_zero():
+  p = nn.unbox(init_params(SMALL, jax.random.key(0)))
+  assert np.all(np.asarray(p["embeddings"]["embedding"][SMALL.pad_id]) == 0)
+  assert np.std(np.asarray(p["embeddings"]["embedding"][3:])) == pytest.approx(SMALL.emb_dim ** -0.5, rel=0.1)
+
+
+def test_packed_row_equals_separate_rows(params):
+  """Two examples packed in one row (segment ids, positions restarting) give the states of separate rows."""
+  model = Transformer(SMALL)
+  a, b = [1, 7, 8, 9, 1], [1, 11, 12, 1]
+  packed = jnp.array([a + b + [2, 2]])
+  segments = jnp.array([[1] * 5 + [2] * 4 + [0, 0]])
+  positions = jnp.array([list(range(5)) + list(range(4)) + [0, 0]])
+  langs = jnp.array([[0] * 5 + [2] * 4 + [0, 0]])
+  h = model.apply({"params": params}, packed, positions, langs, segments, method="encode")
+  ha = model.apply({"params": params}, jnp.array([a]), None, jnp.array([[0] * 5]), method="encode")
+  hb = model.apply({"params": params}, jnp.array([b]), None, jnp.array([[2] * 4]), method="encode")
+  np.testing.assert_allclose(h[0, :5], ha[0], atol=1e-5)
+  np.testing.assert_allclose(h[0, 5:9], hb[0], atol=1e-5)
+  assert np.all(np.asarray(h[0, 9:]) == 0)
+
+
+def test_right_padding_does_not_change_real_positions(params):
+  model = Transformer(SMALL)
+  x = jnp.array([[1, 5, 6, 7, 1]])
+  padded = jnp.array([[1, 5, 6, 7, 1, 2, 2, 2]])
+  h1 = model.apply({"params": params}, x, method="encode")
+  h2 = model.apply({"params": params}, padded, method="encode")
+  np.testing.assert_allclose(h1[0], h2[0, :5], atol=1e-5)
+
+
+def test_causal_mode_ignores_the_future(params):
+  model = Transformer(SMALL)
+  x1 = jnp.array([[1, 5, 6, 7, 8, 1]])
+  x2 = jnp.array([[1, 5, 6, 9, 9, 9]])
+  h1 = model.apply({"params": params}, x1, causal=True, method="encode")
+  h2 = model.apply({"params": params}, x2, causal=True, method="encode")
+  np.testing.assert_allclose(h1[0, :3], h2[0, :3], atol=1e-6)
+  hn1 = model.apply({"params": params}, x1, method="encode")
+  hn2 = model.apply({"params": params}, x2, method="encode")
+  assert np.abs(np.asarray(hn1[0, :3] - hn2[0, :3])).max() > 1e-3
+
+
+def test_language_embeddings_used_only_when_given(params):
+  model = Transformer(SMALL)
+  x = jnp.array([[1, 5, 6, 1]])
+  base = model.apply({"params": params}, x, method="encode")
+  with_l0 = model.apply({"params": params}, x, None, jnp.zeros_like(x), method="encode")
+  with_l1 = model.apply({"params": params}, x, None, jnp.ones_like(x), method="encode")
+  per_row = model.apply({"params": params}, x, None, jnp.array([1]), method="encode")
+  assert np.abs(np.asarray(with_l0 - with_l1)).max() > 1e-3
+  assert np.abs(np.asarray(base - with_l0)).max() > 1e-3
+  np.testing.assert_allclose(per_row, with_l1, atol=1e-6)
+
+
+def test_prediction_at_slots_equals_full_logits(params):
+  model = Transformer(SMALL)
+  x = jnp.array([[1, 5, 6, 7, 8, 1], [1, 9, 10, 1, 2, 2]])
+  index = jnp.array([[1, 3], [2, 0]])
+  full = model.apply({"params": params}, x)
+  at = model.apply({"params": params}, model.apply({"params": params}, x, method="encode"), index, method="predict_at")
+  np.testing.assert_allclose(at[0, 0], full[0, 1], atol=1e-5)
+  np.testing.assert_allclose(at[1, 0], full[1, 2], atol=1e-5)
+
+
+def test_bfloat16_compute_stays_close_to_float32(params):
+  x = jnp.array([[1, 5, 6, 7, 8, 1]])
+  f32 = Transformer(SMALL).apply({"params": params}, x)
+  bf16 = Transformer(SMALL.replace(dtype="bfloat16")).apply({"params": params}, x)
+  assert bf16.dtype == jnp.float32
+  assert np.abs(np.asarray(f32 - bf16)).max() < 0.1
+  assert np.abs(np.asarray(f32 - bf16)).max() > 0  # it really computed in bf16
+
+
+def test_sinusoidal_table_matches_formula_and_is_not_a_parameter():
+  table = np.asarray(sinusoidal_table(10, 6))
+  pos, j = 7, 3
+  assert table[pos, j] == pytest.approx(np.cos(pos / 10000 ** (2 * (j // 2) / 6)), abs=1e-6)
+  assert table[pos, 2] == pytest.approx(np.sin(pos / 10000 ** (2 / 6)), abs=1e-6)
+  p = nn.unbox(init_params(SMALL.replace(sinusoidal_embeddings=True), jax.random.key(0)))
+  assert "position_embeddings" not in p
+
+
+def test_layer_norm_eps_and_exact_gelu_are_xlm_values():
+  assert SMALL.layer_norm_eps == 1e-12
+  # a model with GELU differs from one with ReLU, and the GELU is the erf form
+  from xlm_jax.model.layers import FeedForward
+  x = jnp.linspace(-3, 3, 8)[None, None, :]
+  ff = FeedForward(16, "gelu")
+  p = ff.init(jax.random.key(0), x)
+  lin1 = nn.unbox(p)["params"]["lin1"]
+  h = x @ lin1["kernel"] + lin1["bias"]
+  exact = 0.5 * h * (1 + jax.scipy.special.erf(h / np.sqrt(2)))
+  lin2 = nn.unbox(p)["params"]["lin2"]
+  np.testing.assert_allclose(ff.apply(p, x), exact @ lin2["kernel"] + lin2["bias"], atol=1e-6)
+
+
+def test_bad_model_config_is_a_clear_error():
+  from xlm_jax.errors import UserError
+  with pytest.raises(UserError, match="not divisible"):
+    TransformerConfig(vocab_size=10, emb_dim=30, n_layers=1, n_heads=4)

@@ -1,0 +1,121 @@
+"""Prepared data, streams and pretraining batches: layout, determinism, process sharding, resume."""
+import os
+
+import numpy as np
+import pytest
+
+from xlm_jax.data.masking import MaskingConfig
+from xlm_jax.data.pipeline import DataIterator, PretrainBatches, batch_checksum, parse_steps, sampling_probs
+from xlm_jax.data.sources import LocalFolder
+from xlm_jax.data.streams import TokenStream
+from xlm_jax.errors import UserError
+from xlm_jax.tokenizer import train_sentencepiece
+from xlm_jax.train.pretrain import prepare_mono
+
+LANGS = ("xa", "xb", "xc")
+
+
+@pytest.fixture(scope="module")
+def setup(corpus_dir, tmp_path_factory):
+  source = LocalFolder(corpus_dir)
+  tok = train_sentencepiece({l: [source.check_mono("train", l)] for l in LANGS}, 300, n_sentences=3000)
+  cache = str(tmp_path_factory.mktemp("cache"))
+  prepared = {l: prepare_mono(source, l, tok, cache) for l in LANGS}
+  return source, tok, cache, prepared
+
+
+def make_batches(prepared, tok, process_index=0, process_count=1, mixing="shared", steps="xa,xb,xc", clm=""):
+  streams = {l: TokenStream(p, "train", 32, tok.eos_id) for l, p in prepared.items()}
+  sizes = {l: p.manifest["splits"]["train"]["sentences"] for l, p in prepared.items()}
+  specs = parse_steps(steps, "mlm") + parse_steps(clm, "clm")
+  return PretrainBatches(streams=streams, sizes=sizes, lang2id={l: i for i, l in enumerate(LANGS)}, specs=specs,
+                         batch_size=8, seq_len=32, masking=MaskingConfig(tok.vocab_size, tok.mask_id, 6), seed=3,
+                         mixing=mixing, process_index=process_index, process_count=process_count)
+
+
+def test_prepare_manifest_and_cache(setup, corpus_dir):
+  source, tok, cache, prepared = setup
+  p = prepared["xa"]
+  split = p.manifest["splits"]["train"]
+  assert split["sentences"] + sum(split["dropped"].values()) == split["lines"] == 2000
+  assert p.manifest["fingerprint"]["tokenizer"] == tok.fingerprint()
+  lines = open(os.path.join(corpus_dir, "train.xa"), encoding="utf-8").read().splitlines()
+  first = p.read("train", [0, 5])
+  assert list(first[1]) == tok.encode(lines[5])
+  assert int(p.lengths("train")[5]) == len(tok.encode(lines[5]))
+  again = prepare_mono(source, "xa", tok, cache)
+  assert again.path == p.path  # reused, not rebuilt
+
+
+def test_stream_rows_follow_the_reference_layout(setup, corpus_dir):
+  _, tok, _, prepared = setup
+  stream = TokenStream(prepared["xb"], "train", 32, tok.eos_id)
+  lines = open(os.path.join(corpus_dir, "train.xb"), encoding="utf-8").read().splitlines()
+  expected = [tok.eos_id]
+  for line in lines[:10]:
+    expected += tok.encode(line) + [tok.eos_id]
+  np.testing.assert_array_equal(np.concatenate([stream.row(0), stream.row(1)])[:len(expected)][:64], expected[:64])
+  # the random-access path (no in-memory copy) builds the same rows
+  lazy = TokenStream(prepared["xb"], "train", 32, tok.eos_id, in_memory_max_tokens=0)
+  for c in (0, 1, 7, stream.n_rows - 1):
+    np.testing.assert_array_equal(lazy.row(c), stream.row(c))
+
+
+def test_batches_are_deterministic_and_shaped(setup):
+  _, tok, _, prepared = setup
+  b = make_batches(prepared, tok, clm="xa")
+  first, again, other = b.batch(5), b.batch(5), b.batch(6)
+  assert batch_checksum(first) == batch_checksum(again) != batch_checksum(other)
+  mlm = first["mlm"]
+  assert mlm["tokens"].shape == (8, 32) and mlm["pred_index"].shape == (8, 5)
+  assert set(first) == {"mlm", "clm"}
+  assert np.all(first["clm"]["langs"] == 0)
+  assert (mlm["tokens"] == tok.mask_id).sum() > 0
+  np.testing.assert_array_equal(mlm["positions"][0], np.arange(32))
+
+
+def test_process_shards_concatenate_to_the_global_batch(setup):
+  _, tok, _, prepared = setup
+  whole = make_batches(prepared, tok).batch(9)["mlm"]
+  halves = [make_batches(prepared, tok, i, 2).batch(9)["mlm"] for i in range(2)]
+  for key in whole:
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
+
+
+def test_separate_mixing_takes_turns_with_one_language_per_step(setup):
+  _, tok, _, prepared = setup
+  b = make_batches(prepared, tok, mixing="separate", clm="xa,xb")
+  kinds = [next(iter(b.batch(s))) for s in range(4)]
+  assert kinds == ["clm", "mlm", "clm", "mlm"]
+  for s in range(6):
+    (obj, fields), = b.batch(s).items()
+    assert len(np.unique(fields["langs"])) == 1
+
+
+def test_iterator_resumes_at_the_exact_batch(setup):
+  _, tok, _, prepared = setup
+  b = make_batches(prepared, tok)
+  it = DataIterator(b, 0)
+  seq = [batch_checksum(next(it)[1]) for _ in range(6)]
+  state = it.state()
+  it.close()
+  assert state["next_step"] == 6
+  it2 = DataIterator(b, 3)
+  assert [batch_checksum(next(it2)[1]) for _ in range(3)] == seq[3:]
+  it2.close()
+
+
+def test_step_specs_and_sampling():
+  specs = parse_steps("en, fr,en-fr", "mlm")
+  assert [s.langs for s in specs] == [("en",), ("fr",), ("en", "fr")]
+  with pytest.raises(UserError, match="neither"):
+    parse_steps("en-en", "mlm")
+  np.testing.assert_allclose(sampling_probs([100, 1], -1), [0.5, 0.5])
+  p = sampling_probs([100, 1], 0.5)
+  assert p[0] / p[1] == pytest.approx(10)
+
+
+def test_unknown_step_language_is_refused(setup):
+  _, tok, _, prepared = setup
+  with pytest.raises(UserError, match="'zz'"):
+    make_batches(prepared, tok, steps="xa,zz")
