@@ -68,8 +68,9 @@ TINY_FLAGS = {
 
 
 def run_main(workdir: str, overrides: dict | None = None, extra_env: dict | None = None, config="configs/demo.py",
-             timeout: int = 600, **popen) -> subprocess.CompletedProcess:
-  flags = {**TINY_FLAGS, **(overrides or {})}
+             timeout: int = 600, tiny: bool = True, **popen) -> subprocess.CompletedProcess:
+  """Run main.py in a subprocess; `tiny` shrinks the config to seconds (TINY_FLAGS), then `overrides` apply."""
+  flags = {**(TINY_FLAGS if tiny else {"compilation_cache_dir": JIT_CACHE}), **(overrides or {})}
   cmd = [sys.executable, os.path.join(ROOT, "main.py"), f"--config={os.path.join(ROOT, config)}",
          f"--workdir={workdir}", *config_flags_for(flags)]
   env = {**os.environ, "PYTHONPATH": ROOT, **(extra_env or {})}

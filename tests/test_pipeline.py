@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from xlm_jax.data.masking import MaskingConfig
-from xlm_jax.data.pipeline import DataIterator, PretrainBatches, batch_checksum, parse_steps, sampling_probs
-from xlm_jax.data.sources import LocalFolder
+from xlm_jax.data.pipeline import (DataIterator, Entry, PretrainBatches, StreamRows, batch_checksum, parse_steps,
+                                   sampling_probs)
+from xlm_jax.data.sources import Corpus, LocalFolder
 from xlm_jax.data.streams import TokenStream
 from xlm_jax.errors import UserError
 from xlm_jax.tokenizer import train_sentencepiece
@@ -17,20 +18,26 @@ LANGS = ("xa", "xb", "xc")
 
 @pytest.fixture(scope="module")
 def setup(corpus_dir, tmp_path_factory):
-  source = LocalFolder(corpus_dir)
-  tok = train_sentencepiece({l: [source.check_mono("train", l)] for l in LANGS}, 300, n_sentences=3000)
+  source = Corpus([LocalFolder(corpus_dir)])
+  tok = train_sentencepiece({l: source.mono("train", l) for l in LANGS}, 300, n_sentences=3000)
   cache = str(tmp_path_factory.mktemp("cache"))
   prepared = {l: prepare_mono(source, l, tok, cache) for l in LANGS}
   return source, tok, cache, prepared
 
 
 def make_batches(prepared, tok, process_index=0, process_count=1, mixing="shared", steps="xa,xb,xc", clm=""):
-  streams = {l: TokenStream(p, "train", 32, tok.eos_id) for l, p in prepared.items()}
-  sizes = {l: p.manifest["splits"]["train"]["sentences"] for l, p in prepared.items()}
   specs = parse_steps(steps, "mlm") + parse_steps(clm, "clm")
-  return PretrainBatches(streams=streams, sizes=sizes, lang2id={l: i for i, l in enumerate(LANGS)}, specs=specs,
-                         batch_size=8, seq_len=32, masking=MaskingConfig(tok.vocab_size, tok.mask_id, 6), seed=3,
-                         mixing=mixing, process_index=process_index, process_count=process_count)
+  entries = []
+  for spec in specs:
+    lang = spec.langs[0]
+    if lang not in prepared:
+      raise UserError(f"no data for {lang!r}")
+    stream = TokenStream(prepared[lang], "train", 32, tok.eos_id)
+    entries.append(Entry(spec, StreamRows(stream, LANGS.index(lang), prepared[lang].manifest["splits"]["train"][
+        "sentences"])))
+  return PretrainBatches(entries=entries, batch_size=8, seq_len=32,
+                         masking=MaskingConfig(tok.vocab_size, tok.mask_id, 6), seed=3, mixing=mixing,
+                         process_index=process_index, process_count=process_count, group_rows=4)
 
 
 def test_prepare_manifest_and_cache(setup, corpus_dir):

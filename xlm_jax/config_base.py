@@ -30,13 +30,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.remat = False                # recompute layer activations in the backward pass (saves memory)
 
   c.data = ml_collections.ConfigDict()
-  c.data.corpus = "generated"          # 'generated' (the project's synthetic corpus) or a folder of text files
+  c.data.corpus = "generated"          # comma-separated sources: 'generated' (the project's synthetic corpus), a
+                                       # folder of {split}.{lang} files, 'tfds:<name>' (a prepared TFDS dataset)
+  c.data.aligned = False               # folder's {split}.{lang} files translate each other line by line (Multi30k)
+  c.data.split_names = ""              # folder file prefixes per split, e.g. 'valid:val,test:test_2016_flickr'
+  c.data.tfds_data_dir = ""            # where prepared TFDS datasets live ('' = TFDS's default)
+  c.data.max_sentences = ""            # cap on training sentences per language, e.g. 'cs:2000' ('' = all)
+  c.data.tokenizer = ""                # reuse the tokenizer of a bundle/workdir or a tokenizer.json ('' = train one)
   c.data.languages = "xa,xb,xc"        # comma-separated codes; language ids are their alphabetical order
   c.data.generated_sizes = ml_collections.ConfigDict(dict(n_mono=20000, n_para=10000, n_valid=500, n_test=500))
   c.data.vocab_size = 2000             # shared BPE vocabulary, specials and language tags included
   c.data.tokenizer_alpha = 0.5         # language sampling for BPE training: p_l ~ n_l**alpha
   c.data.tokenizer_sentences = 300000  # sentences sampled to train the BPE
-  c.data.mlm_steps = "xa,xb,xc"        # reference syntax: 'en,fr' monolingual MLM
+  c.data.mlm_steps = "xa,xb,xc"        # reference syntax: 'en,fr' monolingual MLM, 'en-fr' TLM (en first)
   c.data.clm_steps = ""                # 'en,fr' monolingual CLM
   c.data.lambda_mlm = "1"              # loss weight: constant or piecewise-linear '0:1,10000:0.1'
   c.data.lambda_clm = "1"
@@ -44,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.lg_sampling_factor = -1.0     # p ~ n**factor over languages; -1 = uniform (the reference default)
   c.data.bptt = 128                    # row length L
   c.data.batch_size = 32               # global rows per step (all processes together)
+  c.data.pack_rows = 8                 # rows packed together (first-fit decreasing); a row group shares a language
+  c.data.pack_pool = 1.3               # pairs drawn per packed group, relative to what fits
+  c.data.max_len = 100                 # pairs with a sentence longer than this (tokens) are dropped and counted
   c.data.word_pred = 0.15
   c.data.word_mask_keep_rand = "0.8,0.1,0.1"
   c.data.sample_alpha = 0.0            # > 0: mask frequent tokens less, p ~ count**-sample_alpha

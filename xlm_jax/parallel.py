@@ -108,3 +108,17 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
 
 def batch_divisor(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def process_zero_first(fn, name: str):
+  """Run `fn` on process 0, then on the others once process 0 is done (for work that writes a shared cache:
+  the others then find it ready). Single-process runs just call `fn`."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    result = fn()
+    multihost_utils.sync_global_devices(f"xlm_jax:{name}")
+    return result
+  multihost_utils.sync_global_devices(f"xlm_jax:{name}")
+  return fn()

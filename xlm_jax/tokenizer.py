@@ -15,14 +15,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import os
-from typing import Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 import sentencepiece as spm
 
 from xlm_jax.errors import UserError
-from xlm_jax.io_utils import count_lines, read_lines
+from xlm_jax.io_utils import read_lines
 
 BOS_ID, EOS_ID, PAD_ID, UNK_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4, 5
 SPECIAL_PIECES = ("<s>", "</s>", "<pad>", "<unk>", "<special0>", "<mask>")
@@ -156,46 +157,56 @@ def language_sampling_probs(counts: Mapping[str, int], alpha: float) -> dict[str
   return dict(zip(langs, p.tolist()))
 
 
-def balanced_sample(files: Mapping[str, Sequence[str | os.PathLike]], alpha: float, n_sentences: int,
-                    seed: int) -> Iterator[str]:
+TextSource = Union[Callable[[], Iterable[str]], Sequence[Union[str, os.PathLike]]]
+
+
+def _opener(source: TextSource) -> Callable[[], Iterator[str]]:
+  """A callable giving a fresh line iterator, from either such a callable or a list of files."""
+  if callable(source):
+    return lambda: iter(source())
+  paths = list(source)
+  for p in paths:
+    if not os.path.exists(p):
+      raise UserError(f"corpus file {os.fspath(p)!r} does not exist.")
+  return lambda: itertools.chain.from_iterable(read_lines(p) for p in paths)
+
+
+def balanced_sample(texts: Mapping[str, TextSource], alpha: float, n_sentences: int, seed: int) -> Iterator[str]:
   """Stream sentences so that language l makes up a share p_l ~ n_l**alpha of `n_sentences`.
 
-  Two streaming passes (count, then pick), so memory holds only the chosen line numbers. Small languages are
-  sampled with replacement (their lines repeat), large ones without, as the XLM authors did for their BPE.
+  `texts` maps a language to its files or to a callable opening its lines. Two streaming passes (count, then
+  pick), so memory holds only the chosen line numbers. Small languages are sampled with replacement (their lines
+  repeat), large ones without, as the XLM authors did for their BPE.
   """
-  counts = {lang: sum(count_lines(f) for f in paths) for lang, paths in files.items()}
+  openers = {lang: _opener(src) for lang, src in texts.items()}
+  counts = {lang: sum(1 for _ in open_()) for lang, open_ in openers.items()}
   probs = language_sampling_probs(counts, alpha)
   rng = np.random.default_rng(seed)
   total = min(n_sentences, sum(counts.values())) if n_sentences > 0 else sum(counts.values())
-  for lang in sorted(files):
+  for lang in sorted(openers):
     want = int(round(total * probs[lang]))
     n = counts[lang]
     picks = rng.choice(n, size=want, replace=want > n)
     multiplicity = np.bincount(picks, minlength=n)
-    index = 0
-    for path in files[lang]:
-      for line in read_lines(path):
-        for _ in range(int(multiplicity[index])):
-          yield line
-        index += 1
+    for index, line in enumerate(openers[lang]()):
+      for _ in range(int(multiplicity[index])):
+        yield line
 
 
-def train_sentencepiece(files: Mapping[str, Sequence[str | os.PathLike]], vocab_size: int, *, alpha: float = 0.5,
+def train_sentencepiece(files: Mapping[str, TextSource], vocab_size: int, *, alpha: float = 0.5,
                         n_sentences: int = 1_000_000, seed: int = 0, character_coverage: float = 1.0,
                         byte_fallback: bool = False) -> SentencePieceTokenizer:
   """Train the shared BPE vocabulary on text from several languages.
 
   Args:
-    files: language code -> text files (one sentence per line, `.gz` allowed).
+    files: language code -> text files (one sentence per line, `.gz` allowed), or a callable opening its lines.
     vocab_size: size of the whole vocabulary, specials and language tags included.
     alpha: language sampling exponent, p_l ~ n_l**alpha; XLM uses 0.5 for its BPE data.
     n_sentences: how many sentences to sample in total (<= 0: as many as the corpus has).
   """
   languages = sorted(files)
-  for lang, paths in files.items():
-    for p in paths:
-      if not os.path.exists(p):
-        raise UserError(f"corpus file {os.fspath(p)!r} for language {lang!r} does not exist.")
+  for source in files.values():
+    _opener(source)  # missing files fail here, before training
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(

@@ -107,13 +107,16 @@ def _key(parts: Mapping) -> str:
 
 
 def prepare(name: str, cache_dir: str, split_texts: Mapping[str, Callable[[], Iterable]], *, n_fields: int,
-            encode: Callable[[str], list[int]], unk_id: int, fingerprint: Mapping, max_len: int = 0,
-            describe: str = "") -> PreparedText:
+            encode: Callable[[str], list[int]] | Sequence[Callable[[str], list[int]]], unk_id: int,
+            fingerprint: Mapping, max_len: int = 0, describe: str = "",
+            validate: Callable[[], None] | None = None) -> PreparedText:
   """Tokenise `split_texts` (split -> callable giving sentences, or pairs when n_fields == 2) unless cached.
 
   Lines that are empty (after stripping) and, when `max_len > 0`, lines longer than `max_len` tokens are dropped
-  and counted in the manifest; for pairs, a pair is dropped when either side is.
+  and counted in the manifest; for pairs, a pair is dropped when either side is. `encode` may be one function or
+  one per field (each side of a pair has its own language). `validate` runs first, only when building.
   """
+  encoders = list(encode) if isinstance(encode, (list, tuple)) else [encode] * n_fields
   key = _key({"fingerprint": dict(fingerprint), "max_len": max_len, "n_fields": n_fields,
               "version": PREPARE_VERSION, "splits": sorted(split_texts)})
   path = os.path.join(cache_dir, f"{name}-{key}")
@@ -122,6 +125,8 @@ def prepare(name: str, cache_dir: str, split_texts: Mapping[str, Callable[[], It
     with open(manifest_path) as f:
       return PreparedText(path, n_fields, json.load(f))
 
+  if validate is not None:
+    validate()
   stats: dict[str, dict] = {}
   lengths: dict[str, list] = {}
 
@@ -134,7 +139,7 @@ def prepare(name: str, cache_dir: str, split_texts: Mapping[str, Callable[[], It
       if any(not t.strip() for t in texts):
         s["dropped"]["empty"] += 1
         continue
-      ids = [np.asarray(encode(t), np.int32) for t in texts]
+      ids = [np.asarray(enc(t), np.int32) for enc, t in zip(encoders, texts)]
       if max_len > 0 and any(len(x) > max_len for x in ids):
         s["dropped"]["too_long"] += 1
         continue

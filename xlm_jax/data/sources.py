@@ -1,25 +1,36 @@
-"""Where raw text comes from: the generated demo corpus, a local folder, (later) TFDS registered datasets.
+"""Where raw text comes from: the generated demo corpus, local folders, TFDS registered datasets.
 
-A `TextSource` answers two questions, per split: the monolingual sentences of a language, and the aligned
-sentence pairs of a language pair. Local folders follow XLM's naming:
+A source answers, per split, two questions: the monolingual sentences of a language (`mono`) and the aligned
+sentence pairs of a language pair (`para`). Both return a *callable* that opens a fresh iterator, so text is
+streamed, never held whole in memory. `fingerprint` identifies the inputs for the preparation cache.
 
-  {split}.{lang}[.gz]                         monolingual text, one sentence per line
-  {split}.{l1}-{l2}.{l1}[.gz], ....{l2}[.gz]   parallel text, line i of one file translates line i of the other
+Local folders follow XLM's naming:
 
-and a folder whose `{split}.{lang}` files are all aligned with one another (Multi30k) may declare so with
-`aligned=True`: its pairs are then read from the monolingual files.
+  {split}.{lang}[.gz]                          monolingual text, one sentence per line
+  {split}.{l1}-{l2}.{l1}[.gz] + .{l2}[.gz]     parallel text (l1 < l2), line i of one translates line i of the other
+
+A folder whose `{split}.{lang}` files are all translations of one another (Multi30k) sets `aligned=True`: its pairs
+come from the monolingual files. `split_names` maps our split names (train/valid/test) onto file prefixes
+(Multi30k: valid -> val, test -> test_2016_flickr).
+
+TFDS sources are named `tfds:<name>[/<config>]`, e.g. `tfds:wmt14_translate/fr-en` (pairs, and each side as
+monolingual text) or `tfds:wikipedia/20230601.fr` (articles split into lines, monolingual). They are read with
+`tfds.data_source` (ArrayRecord, no TensorFlow needed); they must have been downloaded and prepared beforehand
+(`tfds build ...` or `download_and_prepare`); xlm_jax never downloads.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Callable, Iterator, Sequence
 
 from xlm_jax.errors import UserError
-from xlm_jax.io_utils import read_lines
+from xlm_jax.io_utils import count_lines, read_lines
 
 SPLITS = ("train", "valid", "test")
+Texts = Callable[[], Iterator]
 
 
 def _find(folder: str, stem: str) -> str | None:
@@ -39,9 +50,22 @@ def file_fingerprint(paths: Sequence[str]) -> str:
   return h.hexdigest()[:16]
 
 
+def _zip_lines(p1: str, p2: str) -> Iterator[tuple[str, str]]:
+  """Aligned lines of two files (their line counts were checked to be equal)."""
+  return zip(read_lines(p1), read_lines(p2))
+
+
+def check_aligned(p1: str, p2: str) -> None:
+  """Parallel files must have the same number of lines; the error names both files and both counts."""
+  n1, n2 = count_lines(p1), count_lines(p2)
+  if n1 != n2:
+    raise UserError(f"parallel files differ in length: {p1} has {n1} lines, {p2} has {n2}; line i of one must "
+                    "translate line i of the other.")
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalFolder:
-  """Text files in one folder, XLM naming. `split_names` maps our split names onto file prefixes."""
+  """Text files in one folder, XLM naming (see the module docstring)."""
 
   folder: str
   aligned: bool = False
@@ -76,15 +100,36 @@ class LocalFolder:
     if os.path.isdir(self.folder):
       for name in os.listdir(self.folder):
         stem = name[:-3] if name.endswith(".gz") else name
-        if stem.startswith(prefix) and "-" not in stem[len(prefix):] and "." not in stem[len(prefix):]:
-          found.add(stem[len(prefix):])
+        rest = stem[len(prefix):]
+        if stem.startswith(prefix) and rest and "-" not in rest and "." not in rest:
+          found.add(rest)
     return sorted(found)
 
-  def check_mono(self, split: str, lang: str) -> str:
-    """The path of a monolingual file, or a UserError naming what is missing."""
+  def pairs(self, split: str = "train") -> list[tuple[str, str]]:
+    prefix = self._prefix(split) + "."
+    found = set()
+    if os.path.isdir(self.folder):
+      for name in os.listdir(self.folder):
+        stem = name[:-3] if name.endswith(".gz") else name
+        rest = stem[len(prefix):].split(".")
+        if stem.startswith(prefix) and len(rest) == 2 and rest[0].count("-") == 1:
+          found.add(tuple(rest[0].split("-")))
+    return sorted(found)
+
+  def _check_folder(self) -> None:
     if not os.path.isdir(self.folder):
       raise UserError(f"corpus folder {self.folder!r} does not exist; set config.data.corpus to a folder of "
                       "{split}.{lang} text files or to 'generated'.")
+
+  def has_mono(self, split: str, lang: str) -> bool:
+    return self.mono_path(split, lang) is not None
+
+  def has_para(self, split: str, l1: str, l2: str) -> bool:
+    return self.para_paths(split, l1, l2) is not None
+
+  def check_mono(self, split: str, lang: str) -> str:
+    """The path of a monolingual file, or a UserError naming what is missing."""
+    self._check_folder()
     path = self.mono_path(split, lang)
     if path is None:
       raise UserError(f"no file {self._prefix(split)}.{lang}[.gz] in {self.folder!r}: unknown language {lang!r} for "
@@ -93,12 +138,183 @@ class LocalFolder:
       raise UserError(f"corpus file {path!r} is empty; give it text or remove {lang!r} from the languages.")
     return path
 
-  def mono(self, split: str, lang: str) -> Callable[[], Iterator[str]]:
+  def check_para(self, split: str, l1: str, l2: str) -> tuple[str, str]:
+    self._check_folder()
+    paths = self.para_paths(split, l1, l2)
+    if paths is None:
+      a, b = sorted((l1, l2))
+      raise UserError(f"no parallel data for {l1}-{l2} in {self.folder!r} (expected {self._prefix(split)}.{a}-{b}.{a} "
+                      f"and .{b}{' or aligned monolingual files' if self.aligned else ''}); remove {l1}-{l2} from the "
+                      "step specs or add the files.")
+    for p in paths:
+      if os.path.getsize(p) == 0:
+        raise UserError(f"corpus file {p!r} is empty.")
+    return paths
+
+  def validate_para(self, split: str, l1: str, l2: str) -> None:
+    """A full pass over both files: equal line counts (run before preparing, not on every start)."""
+    check_aligned(*self.check_para(split, l1, l2))
+
+  def mono(self, split: str, lang: str) -> Texts:
     path = self.check_mono(split, lang)
     return lambda: read_lines(path)
 
-  def fingerprint(self, paths: Sequence[str]) -> str:
-    return file_fingerprint(paths)
+  def para(self, split: str, l1: str, l2: str) -> Texts:
+    p1, p2 = self.check_para(split, l1, l2)
+    return lambda: _zip_lines(p1, p2)
+
+  def mono_fingerprint(self, split: str, lang: str) -> str:
+    return file_fingerprint([self.check_mono(split, lang)])
+
+  def para_fingerprint(self, split: str, l1: str, l2: str) -> str:
+    return file_fingerprint(list(self.check_para(split, l1, l2)))
+
+
+TFDS_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+
+
+@dataclasses.dataclass
+class TfdsSource:
+  """A TFDS registered dataset: translation (`{l1: text, l2: text}` features) or text (`text` feature)."""
+
+  name: str
+  data_dir: str | None = None
+
+  def _builder(self):
+    import tensorflow_datasets as tfds
+    import tensorflow_datasets.text  # noqa: F401  (registers wikipedia and friends)
+    import tensorflow_datasets.translate  # noqa: F401  (registers wmt14_translate, wmt16_translate, ...)
+    try:
+      return tfds.builder(self.name, data_dir=self.data_dir)
+    except Exception as e:  # tfds raises several types for unknown names and configs
+      raise UserError(f"TFDS dataset {self.name!r} is not available: {str(e).splitlines()[0]}") from None
+
+  @functools.cached_property
+  def _info(self):
+    b = self._builder()
+    features = b.info.features
+    langs = list(getattr(features, "languages", None) or [])
+    if not langs:
+      keys = list(features.keys())
+      langs = [k for k in keys if len(k) in (2, 3) and k.isalpha()]
+    config = b.builder_config.name if b.builder_config else ""
+    text_lang = None
+    if "text" in features.keys():
+      text_lang = config.split(".")[-1] if "." in config else None
+    return {"langs": langs, "text_lang": text_lang, "splits": set(b.info.splits.keys())}
+
+  def _split(self, split: str) -> str:
+    name = TFDS_SPLITS.get(split, split)
+    if name not in self._info["splits"]:
+      raise UserError(f"TFDS dataset {self.name!r} has no split {name!r} (it has {sorted(self._info['splits'])}).")
+    return name
+
+  def has_mono(self, split: str, lang: str) -> bool:
+    info = self._info
+    return (lang in info["langs"] or lang == info["text_lang"]) and TFDS_SPLITS.get(split, split) in info["splits"]
+
+  def has_para(self, split: str, l1: str, l2: str) -> bool:
+    info = self._info
+    return l1 in info["langs"] and l2 in info["langs"] and TFDS_SPLITS.get(split, split) in info["splits"]
+
+  def _records(self, split: str) -> Iterator[dict]:
+    import tensorflow_datasets as tfds
+    try:
+      source = tfds.data_source(self.name, split=self._split(split), data_dir=self.data_dir)
+    except UserError:
+      raise
+    except Exception as e:
+      raise UserError(f"TFDS dataset {self.name!r} ({split}) could not be opened: {str(e).splitlines()[0]}. Build it "
+                      "first with `tfds build`; xlm_jax does not download data.") from None
+    for i in range(len(source)):
+      yield source[i]
+
+  def mono(self, split: str, lang: str) -> Texts:
+    if not self.has_mono(split, lang):
+      raise UserError(f"TFDS dataset {self.name!r} has no {split} text in language {lang!r}.")
+    key = "text" if lang == self._info["text_lang"] else lang
+
+    def lines() -> Iterator[str]:
+      for record in self._records(split):
+        text = _as_str(record[key])
+        for line in text.split("\n"):
+          if line.strip():
+            yield line.strip()
+
+    return lines
+
+  def para(self, split: str, l1: str, l2: str) -> Texts:
+    if not self.has_para(split, l1, l2):
+      raise UserError(f"TFDS dataset {self.name!r} has no {split} pairs {l1}-{l2}; it has languages "
+                      f"{self._info['langs']}.")
+    return lambda: ((_as_str(r[l1]).replace("\n", " "), _as_str(r[l2]).replace("\n", " "))
+                    for r in self._records(split))
+
+  def mono_fingerprint(self, split: str, lang: str) -> str:
+    return self._fingerprint(split)
+
+  def validate_para(self, split: str, l1: str, l2: str) -> None:
+    """TFDS translation records hold both sides, so they are aligned by construction."""
+
+  def para_fingerprint(self, split: str, l1: str, l2: str) -> str:
+    return self._fingerprint(split)
+
+  def _fingerprint(self, split: str) -> str:
+    b = self._builder()
+    return hashlib.sha256(f"{self.name}|{b.data_dir}|{b.info.version}|{split}".encode()).hexdigest()[:16]
+
+
+def _as_str(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class Corpus:
+  """Several sources searched in order: the first one that has a language (or pair) provides it."""
+
+  def __init__(self, sources: Sequence):
+    self.sources = list(sources)
+
+  def _find(self, kind: str, split: str, *langs: str):
+    for s in self.sources:
+      if getattr(s, f"has_{kind}")(split, *langs):
+        return s
+    return None
+
+  def has_mono(self, split: str, lang: str) -> bool:
+    return self._find("mono", split, lang) is not None
+
+  def has_para(self, split: str, l1: str, l2: str) -> bool:
+    return self._find("para", split, l1, l2) is not None
+
+  def mono_source(self, split: str, lang: str):
+    s = self._find("mono", split, lang)
+    if s is None:
+      # let the first source explain what is missing (file names, available languages)
+      self.sources[0].mono(split, lang)
+      raise UserError(f"no {split} text for language {lang!r} in {[x.name for x in self.sources]}.")
+    return s
+
+  def para_source(self, split: str, l1: str, l2: str):
+    s = self._find("para", split, l1, l2)
+    if s is None:
+      self.sources[0].para(split, l1, l2)
+      raise UserError(f"no {split} pairs {l1}-{l2} in {[x.name for x in self.sources]}.")
+    return s
+
+  def mono(self, split: str, lang: str) -> Texts:
+    return self.mono_source(split, lang).mono(split, lang)
+
+  def para(self, split: str, l1: str, l2: str) -> Texts:
+    return self.para_source(split, l1, l2).para(split, l1, l2)
+
+  def mono_fingerprint(self, split: str, lang: str) -> str:
+    return self.mono_source(split, lang).mono_fingerprint(split, lang)
+
+  def validate_para(self, split: str, l1: str, l2: str) -> None:
+    self.para_source(split, l1, l2).validate_para(split, l1, l2)
+
+  def para_fingerprint(self, split: str, l1: str, l2: str) -> str:
+    return self.para_source(split, l1, l2).para_fingerprint(split, l1, l2)
 
 
 def generated_corpus(workdir: str, languages: Sequence[str], seed: int, sizes: dict | None = None) -> LocalFolder:
@@ -111,3 +327,34 @@ def generated_corpus(workdir: str, languages: Sequence[str], seed: int, sizes: d
   out = os.path.join(workdir, "corpus")
   synthetic.generate_corpus(out, languages=tuple(sorted(languages)), seed=seed, **(sizes or {}))
   return LocalFolder(out)
+
+
+def parse_split_names(text: str) -> tuple[tuple[str, str], ...]:
+  """'valid:val,test:test_2016_flickr' -> (('train','train'), ('valid','val'), ('test','test_2016_flickr'))."""
+  names = dict((s, s) for s in SPLITS)
+  for item in (x.strip() for x in (text or "").split(",")):
+    if not item:
+      continue
+    if ":" not in item:
+      raise UserError(f"config.data.split_names entry {item!r} must look like 'valid:val'.")
+    ours, theirs = item.split(":", 1)
+    names[ours.strip()] = theirs.strip()
+  return tuple(names.items())
+
+
+def make_corpus(spec: str, *, workdir: str, languages: Sequence[str], seed: int, generated_sizes: dict | None = None,
+                aligned: bool = False, split_names: str = "", tfds_data_dir: str = "") -> Corpus:
+  """Sources from `config.data.corpus`: comma-separated 'generated', folder paths and 'tfds:<name>' entries."""
+  if not spec or not str(spec).strip():
+    raise UserError("config.data.corpus is empty; set it to 'generated', a folder of {split}.{lang} files, or "
+                    "'tfds:<name>'.")
+  sources = []
+  for item in (x.strip() for x in str(spec).split(",") if x.strip()):
+    if item == "generated":
+      sources.append(generated_corpus(workdir, languages, seed, generated_sizes))
+    elif item.startswith("tfds:"):
+      sources.append(TfdsSource(item[len("tfds:"):], tfds_data_dir or None))
+    else:
+      sources.append(LocalFolder(os.path.abspath(os.path.expanduser(item)), aligned=aligned,
+                                 split_names=parse_split_names(split_names)))
+  return Corpus(sources)

@@ -5,6 +5,7 @@ the config *before writing anything*, and hands a `TrainTask` to the shared loop
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Any, Mapping
@@ -19,13 +20,14 @@ from xlm_jax import parallel
 from xlm_jax.config_base import parse_list
 from xlm_jax.data import sources as sources_lib
 from xlm_jax.data.masking import MaskingConfig
-from xlm_jax.data.pipeline import PretrainBatches, StepSpec, parse_steps
+from xlm_jax.data.packing import PairDirection, PairStore
+from xlm_jax.data.pipeline import Entry, PackedPairRows, PretrainBatches, StepSpec, StreamRows, parse_steps
 from xlm_jax.data.prepare import prepare
-from xlm_jax.data.streams import TokenStream
+from xlm_jax.data.streams import IN_MEMORY_MAX_TOKENS, TokenStream
 from xlm_jax.errors import UserError
 from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
-from xlm_jax.tokenizer import (SentencePieceTokenizer, Tokenizer, tokenizer_from_state, train_sentencepiece)
+from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state, train_sentencepiece
 from xlm_jax.train.loop import TrainTask, train
 from xlm_jax.train.optim import parse_lambda
 
@@ -63,40 +65,105 @@ def check_resume(meta: Mapping, config, languages: list[str], workdir: str) -> N
                     "another --workdir, or the checkpoint's settings.")
 
 
-def mono_source(config, workdir: str, languages: list[str]):
-  if config.data.corpus == "generated":
-    return sources_lib.generated_corpus(workdir, languages, config.seed, dict(config.data.generated_sizes))
-  if not config.data.corpus:
-    raise UserError("config.data.corpus is empty; set it to 'generated' or to a folder of {split}.{lang} files.")
-  return sources_lib.LocalFolder(os.path.abspath(os.path.expanduser(config.data.corpus)))
+def make_corpus(config, workdir: str, languages: list[str]):
+  return sources_lib.make_corpus(config.data.corpus, workdir=workdir, languages=languages, seed=config.seed,
+                                 generated_sizes=dict(config.data.generated_sizes), aligned=config.data.aligned,
+                                 split_names=config.data.split_names, tfds_data_dir=config.data.tfds_data_dir)
 
 
-def get_tokenizer(config, workdir: str, source, languages: list[str], meta: Mapping | None) -> Tokenizer:
-  """The checkpoint's tokenizer when resuming; else the workdir's; else train one (and keep it in the workdir)."""
-  if meta is not None:
-    return tokenizer_from_state(meta["tokenizer"])
-  path = os.path.join(workdir, "tokenizer.json")
-  if os.path.exists(path):
+def parse_caps(text: str, languages: list[str]) -> dict[str, int]:
+  """'cs:2000,fr:500' -> {'cs': 2000, 'fr': 500}."""
+  caps = {}
+  for item in (x.strip() for x in (text or "").split(",") if x.strip()):
+    lang, _, n = item.partition(":")
+    if lang not in languages or not n.strip().isdigit():
+      raise UserError(f"config.data.max_sentences entry {item!r} must be '<language>:<count>' with a language of "
+                      f"{languages}.")
+    caps[lang] = int(n)
+  return caps
+
+
+def capped(texts, cap: int | None):
+  if cap is None:
+    return texts
+  return lambda: itertools.islice(texts(), cap)
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+  """A tokenizer.json file, or the tokenizer of a bundle (workdir or checkpoint step)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isfile(path):
     with open(path) as f:
-      tok = tokenizer_from_state(json.load(f))
-    if sorted(getattr(tok, "languages", languages)) == sorted(languages):
-      return tok
-  files = {lang: [source.check_mono("train", lang)] for lang in languages}
-  tok = train_sentencepiece(files, config.data.vocab_size, alpha=config.data.tokenizer_alpha,
-                            n_sentences=config.data.tokenizer_sentences, seed=config.seed)
-  with atomic_write(path) as f:
-    json.dump(tok.state(), f)
+      return tokenizer_from_state(json.load(f))
+  if os.path.isfile(os.path.join(path, "tokenizer.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
+    return load_tokenizer(os.path.join(path, "tokenizer.json"))
+  return tokenizer_from_state(ckpt.read_meta(path)["tokenizer"])
+
+
+def get_tokenizer(config, workdir: str, corpus, languages: list[str], meta: Mapping | None,
+                  caps: Mapping[str, int]) -> Tokenizer:
+  """The checkpoint's tokenizer when resuming; else `config.data.tokenizer`; else the workdir's; else train one
+  on the training text (language-balanced) and keep it in the workdir."""
+  if meta is not None:
+    tok = tokenizer_from_state(meta["tokenizer"])
+  elif config.data.tokenizer:
+    tok = load_tokenizer(config.data.tokenizer)
+  else:
+    path = os.path.join(workdir, "tokenizer.json")
+
+    def train_or_read() -> Tokenizer:
+      if os.path.exists(path):
+        with open(path) as f:
+          return tokenizer_from_state(json.load(f))
+      texts = {lang: capped(corpus.mono("train", lang), caps.get(lang)) for lang in languages}
+      trained = train_sentencepiece(texts, config.data.vocab_size, alpha=config.data.tokenizer_alpha,
+                                    n_sentences=config.data.tokenizer_sentences, seed=config.seed)
+      with atomic_write(path) as f:
+        json.dump(trained.state(), f)
+      return trained
+
+    tok = parallel.process_zero_first(train_or_read, "tokenizer")
+  known = getattr(tok, "languages", None)
+  if known:
+    missing = [l for l in languages if l not in known]
+    if missing:
+      raise UserError(f"the tokenizer was trained for {list(known)} and lacks language(s) {missing}; train a new one "
+                      "(leave config.data.tokenizer empty) or drop those languages.")
   return tok
 
 
-def prepare_mono(source, lang: str, tokenizer: Tokenizer, cache_dir: str, splits=("train", "valid")):
-  paths = {split: source.check_mono(split, lang) for split in splits}
-  from xlm_jax.io_utils import read_lines
-  return prepare(f"mono.{lang}", cache_dir, {s: (lambda p=p: read_lines(p)) for s, p in paths.items()}, n_fields=1,
-                 encode=lambda t: tokenizer.encode(t, lang), unk_id=tokenizer.unk_id,
-                 fingerprint={"files": sources_lib.file_fingerprint(list(paths.values())),
-                              "tokenizer": tokenizer.fingerprint(), "lang": lang},
-                 describe=f"language {lang!r} ({', '.join(paths.values())})")
+def prepare_mono(corpus, lang: str, tokenizer: Tokenizer, cache_dir: str, splits=("train", "valid"),
+                 cap: int | None = None):
+  """Tokenise (once) the monolingual text of `lang`; `cap` keeps only the first `cap` training sentences."""
+  texts = {split: corpus.mono(split, lang) for split in splits}
+  if cap is not None:
+    texts["train"] = capped(texts["train"], cap)
+  fingerprint = {"text": {s: corpus.mono_fingerprint(s, lang) for s in splits}, "tokenizer": tokenizer.fingerprint(),
+                 "lang": lang, "cap": cap}
+  return parallel.process_zero_first(
+      lambda: prepare(f"mono.{lang}", cache_dir, texts, n_fields=1, encode=lambda t: tokenizer.encode(t, lang),
+                      unk_id=tokenizer.unk_id, fingerprint=fingerprint, describe=f"language {lang!r}"),
+      f"prepare-mono-{lang}")
+
+
+def prepare_para(corpus, l1: str, l2: str, tokenizer: Tokenizer, cache_dir: str, max_len: int,
+                 splits=("train", "valid")):
+  """Tokenise (once) the aligned pairs of l1-l2 (stored with l1 < l2)."""
+  a, b = sorted((l1, l2))
+  texts = {split: corpus.para(split, a, b) for split in splits}
+  fingerprint = {"text": {s: corpus.para_fingerprint(s, a, b) for s in splits}, "tokenizer": tokenizer.fingerprint(),
+                 "pair": [a, b]}
+
+  def validate():
+    for s in splits:
+      corpus.validate_para(s, a, b)
+
+  return parallel.process_zero_first(
+      lambda: prepare(f"para.{a}-{b}", cache_dir, texts, n_fields=2, max_len=max_len,
+                      encode=[lambda t: tokenizer.encode(t, a), lambda t: tokenizer.encode(t, b)],
+                      unk_id=tokenizer.unk_id, fingerprint=fingerprint, describe=f"pairs {a}-{b}",
+                      validate=validate),
+      f"prepare-para-{a}-{b}")
 
 
 def masking_config(config, tokenizer: Tokenizer) -> MaskingConfig:
@@ -164,42 +231,68 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
       if lang not in languages:
         raise UserError(f"{spec.objective}_steps names language {lang!r}, which is not in config.data.languages "
                         f"{languages}.")
+  caps = parse_caps(config.data.max_sentences, languages)
   meta = existing_meta(workdir)
   if meta is not None:
     check_resume(meta, config, languages, workdir)
-  source = mono_source(config, workdir, languages)
-  for lang in languages:
-    for split in ("train", "valid"):
-      source.check_mono(split, lang)
-  tokenizer = get_tokenizer(config, workdir, source, languages, meta)
-  cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
-  prepared = {lang: prepare_mono(source, lang, tokenizer, cache_dir) for lang in languages}
   bptt = int(config.data.bptt)
   if bptt > config.model.max_positions:
     raise UserError(f"config.data.bptt={bptt} exceeds config.model.max_positions={config.model.max_positions}.")
-  train_streams = {l: TokenStream(p, "train", bptt, tokenizer.eos_id) for l, p in prepared.items()}
-  valid_streams = {l: TokenStream(p, "valid", bptt, tokenizer.eos_id) for l, p in prepared.items()}
-  sizes = {l: p.manifest["splits"]["train"]["sentences"] for l, p in prepared.items()}
-  lang2id = {l: i for i, l in enumerate(languages)}
   divisor = parallel.batch_divisor(mesh) * int(config.train.accumulate_gradients)
   if config.data.batch_size % divisor:
     raise UserError(f"config.data.batch_size={config.data.batch_size} must be a multiple of {divisor} (devices on "
                     "the data and fsdp mesh axes times accumulate_gradients).")
-  batches = PretrainBatches(streams=train_streams, sizes=sizes, lang2id=lang2id, specs=specs,
-                            batch_size=config.data.batch_size, seq_len=bptt,
-                            masking=masking_config(config, tokenizer), seed=config.seed, mixing=config.data.mixing,
+  corpus = make_corpus(config, workdir, languages)
+  mono_langs = sorted({s.langs[0] for s in specs if len(s.langs) == 1})
+  pairs = sorted({tuple(sorted(s.langs)) for s in specs if len(s.langs) == 2})
+  for split in ("train", "valid"):  # fail on missing or empty data before anything is written
+    for lang in languages:
+      corpus.mono(split, lang)
+    for a, b in pairs:
+      corpus.para(split, a, b)
+  tokenizer = get_tokenizer(config, workdir, corpus, languages, meta, caps)
+  cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
+  lang2id = {l: i for i, l in enumerate(languages)}
+  many = jax.process_count() > 1  # several processes: read records on demand, each only its own rows' share
+  mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, cap=caps.get(l)) for l in mono_langs}
+  para = {p: prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len) for p in pairs}
+
+  def entries(split: str) -> list[Entry]:
+    out, stores = [], {}
+    for spec in specs:
+      if len(spec.langs) == 1:
+        lang = spec.langs[0]
+        stream = TokenStream(mono[lang], split, bptt, tokenizer.eos_id, in_memory_max_tokens=0 if many else
+                             IN_MEMORY_MAX_TOKENS)
+        size = mono[lang].manifest["splits"][split]["sentences"]
+        out.append(Entry(spec, StreamRows(stream, lang2id[lang], size)))
+      else:
+        l1, l2 = spec.langs
+        key = tuple(sorted(spec.langs))
+        if key not in stores:
+          stores[key] = PairStore(para[key], split, bptt, in_memory=not many)
+        direction = PairDirection(stores[key], swap=(l1 != key[0]), lang1=lang2id[l1], lang2=lang2id[l2],
+                                  eos_id=tokenizer.eos_id)
+        out.append(Entry(spec, PackedPairRows(direction, bptt, tokenizer.pad_id, config.data.pack_pool)))
+    return out
+
+  masking = masking_config(config, tokenizer)
+  batches = PretrainBatches(entries=entries("train"), batch_size=config.data.batch_size, seq_len=bptt,
+                            masking=masking, seed=config.seed, mixing=config.data.mixing,
                             lg_sampling_factor=config.data.lg_sampling_factor,
-                            process_index=jax.process_index(), process_count=jax.process_count())
-  eval_sets = {name: [{name.split("_")[0]: b} for b in bs]
-               for name, bs in batches.eval_batches(valid_streams, config.data.eval_rows).items()}
+                            process_index=jax.process_index(), process_count=jax.process_count(),
+                            group_rows=config.data.pack_rows)
+  eval_sets = batches.eval_batches(entries("valid"), config.data.eval_rows)
   cfg = model_config(config, tokenizer.vocab_size, len(languages), tokenizer.pad_id)
   model = Transformer(cfg)
   lambdas = {o: parse_lambda(getattr(config.data, f"lambda_{o}"), f"config.data.lambda_{o}") for o in ("mlm", "clm")}
+  lambdas["tlm"] = lambdas["mlm"]  # as in the reference, TLM is MLM on pairs and shares its weight
   task = TrainTask(name="pretrain", init_params=lambda rng: init_params(cfg, rng), loss=make_loss(model, lambdas),
                    batches=batches, eval_sets=eval_sets,
                    meta=bundle_meta(config, cfg, languages, tokenizer, "pretrain"),
                    step_flops=step_flops_fn(cfg), step_tokens=step_tokens, compute_dtype=cfg.dtype)
-  context = {"tokenizer": tokenizer, "languages": languages, "model_config": cfg, "prepared": prepared}
+  context = {"tokenizer": tokenizer, "languages": languages, "model_config": cfg, "mono": mono, "para": para,
+             "corpus": corpus, "lang2id": lang2id, "masking": masking}
   return task, context
 
 

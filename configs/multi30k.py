@@ -1,0 +1,51 @@
+"""MLM + TLM pretraining on Multi30k (en, fr, de): real text, CPU-sized models.
+
+  python main.py --config=configs/multi30k.py:tiny --workdir=runs/m30k_tiny      # minutes on 2 CPU cores
+  python main.py --config=configs/multi30k.py:base --workdir=runs/m30k_base      # hours on CPU; minutes on a GPU
+  ... --config.data.corpus=/path/to/multi30k                                      # another copy of the data
+
+The data directory defaults to `../shared/data/multi30k` next to this repository (gzip files
+`{train,val,test_2016_flickr}.{en,de,fr,cs}.gz`, every language a line-by-line translation of the others). Each
+language's file is used as monolingual text (MLM) and aligned with the others for TLM pairs.
+"""
+import os
+
+from xlm_jax.config_base import base_config
+
+DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                                     "multi30k"))
+VARIANTS = {
+    "tiny": dict(emb_dim=128, n_layers=2, n_heads=4, vocab=4000, steps=2000, batch=16, bptt=128),
+    "base": dict(emb_dim=512, n_layers=6, n_heads=8, vocab=10000, steps=50000, batch=64, bptt=128),
+}
+
+
+def get_config(arg: str | None = None):
+  name = arg or "tiny"
+  if name not in VARIANTS:
+    raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
+  v = VARIANTS[name]
+  c = base_config()
+  c.task = "pretrain"
+  c.data.corpus = DATA
+  c.data.aligned = True
+  c.data.split_names = "valid:val,test:test_2016_flickr"
+  c.data.languages = "de,en,fr"
+  c.data.mlm_steps = "en,fr,de,en-fr,fr-en,en-de,de-en"
+  c.data.vocab_size = v["vocab"]
+  c.data.bptt = v["bptt"]
+  c.data.batch_size = v["batch"]
+  c.data.lg_sampling_factor = 0.7
+  c.data.eval_rows = 128
+  c.model.emb_dim = v["emb_dim"]
+  c.model.n_layers = v["n_layers"]
+  c.model.n_heads = v["n_heads"]
+  c.model.dtype = "bfloat16"
+  c.train.steps = v["steps"]
+  c.train.lr = 5e-4 if name == "tiny" else 2e-4
+  c.train.warmup_steps = 400 if name == "tiny" else 4000
+  c.train.clip_grad_norm = 1.0
+  c.checkpoint.every = 1000 if name == "tiny" else 5000
+  c.log.every = 100
+  c.log.eval_every = 1000 if name == "tiny" else 5000
+  return c
