@@ -1,4 +1,5 @@
 """A run killed after a checkpoint and started again with the same command ends where an uninterrupted run ends."""
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,8 @@ import numpy as np
 
 from conftest import ROOT, TINY_FLAGS, config_flags_for, run_main
 
-FLAGS = {"train.steps": 40, "checkpoint.every": 10, "checkpoint.async_save": True}
+FLAGS = {"train.steps": 40, "checkpoint.every": 10, "checkpoint.async_save": True, "log.batch_checksums": True,
+         "data.mlm_steps": "xa,xb,xa-xb,xc-xa"}
 
 
 def command(workdir):
@@ -38,6 +40,20 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
   again = subprocess.run(command(killed), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-2000:]
   assert "resumed from" in again.stderr
+
+  # the batches: the resumed run replays from its checkpoint; the last checksum recorded for each step must be the
+  # uninterrupted run's, for every step
+  def checksums(workdir):
+    out = {}
+    for line in (workdir / "batch_checksums.jsonl").read_text().splitlines():
+      record = json.loads(line)
+      out[record["step"]] = record["checksum"]
+    return out
+
+  straight_sums, killed_sums = checksums(straight), checksums(killed)
+  assert sorted(straight_sums) == sorted(killed_sums) == list(range(40))
+  assert [killed_sums[s] for s in range(40)] == [straight_sums[s] for s in range(40)]
+  assert len(set(straight_sums.values())) == 40
 
   import xlm_jax
   a, b = xlm_jax.load(str(straight)), xlm_jax.load(str(killed))

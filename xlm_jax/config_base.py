@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log.every = 50
   c.log.eval_every = 500               # 0: evaluate at the end only
   c.log.progress_bar = True
+  c.log.batch_checksums = False        # append each step's batch checksum to batch_checksums.jsonl (resume audits)
   c.log.peak_flops = 0.0               # per-device peak for MFU; 0 = measure a matmul on this device
 
   c.distributed = ml_collections.ConfigDict()

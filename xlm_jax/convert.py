@@ -6,8 +6,10 @@
 
 After writing, the output is opened again (`xlm_jax.load` for bundles, `from_pretrained` for HF directories) and,
 when torch and transformers are importable, both models run on a fixed right-padded batch with language ids; the
-largest absolute logit difference is printed and the conversion fails above `--tolerance` (1e-4). Everything is
-written to a temporary directory beside OUT_DIR and renamed at the end: a failed conversion leaves nothing behind.
+largest absolute logit difference (ours in float32 against transformers in float64) is printed and the conversion
+fails above `--tolerance` (1e-4) - unless the model is so large that float32 rounding alone exceeds it, in which
+case up to twice transformers' own float32 error is accepted, and the line says so. Everything is written to a
+temporary directory beside OUT_DIR and renamed at the end: a failed conversion leaves nothing behind.
 Mistakes a user can fix print one line `error: ...` and exit with status 2.
 """
 from __future__ import annotations
@@ -16,9 +18,12 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from xlm_jax.errors import UserError
+
+if TYPE_CHECKING:
+  from xlm_jax.interop.parity import ParityResult
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
@@ -27,7 +32,7 @@ DESCRIPTION = __doc__.split("\n\n")[0]
 class Report:
   """What a conversion did: the output path, the parity figure (None when skipped) and the notes printed."""
   out_dir: str
-  parity: object | None
+  parity: "ParityResult | None"
   notes: list[str]
 
 
@@ -55,9 +60,10 @@ def _verify(bundle, make_reference, tolerance: float, check: bool, quiet: bool, 
   if tokenizer_check is not None:
     result.tokenizer_sentences = tokenizer_check()
   _say(result.line(tolerance), quiet)
-  if not result.max_abs_diff <= tolerance:
+  if not result.passes(tolerance):
     raise UserError(f"the converted model disagrees with transformers: max |Δlogit| = {result.max_abs_diff:.3g} > "
-                    f"tolerance {tolerance:g}; nothing was written.")
+                    f"tolerance {tolerance:g} (transformers' own float32 error on this batch: "
+                    f"{result.reference_float32_error:.3g}); nothing was written.")
   return result
 
 
@@ -96,8 +102,10 @@ def from_hf(hf_dir: str, out_dir: str, *, vocab: str | None = None, merges: str 
   if tok.kind == "xlm_bpe" and _has_sacremoses():
     vocab_file = vocab or os.path.join(converted.source["path"], "vocab.json")
     merges_file = merges or os.path.join(converted.source["path"], "merges.txt")
-    tokenizer_check = lambda: parity.check_tokenizer(  # noqa: E731
-        tok, parity.hf_tokenizer(vocab_file, merges_file, tok.do_lowercase_and_remove_accent), converted.languages)
+
+    def tokenizer_check():
+      hf_tok = parity.hf_tokenizer(vocab_file, merges_file, tok.do_lowercase_and_remove_accent)
+      return parity.check_tokenizer(tok, hf_tok, converted.languages)
   return _import(converted, out_dir, check=check, tolerance=tolerance, quiet=quiet,
                  make_reference=lambda: parity.hf_model_from_dir(converted.source["path"]),
                  tokenizer_check=tokenizer_check)
@@ -144,7 +152,8 @@ def to_hf(ckpt_dir: str, out_dir: str, *, encoder_only: bool = False, check: boo
     tokenizer_check = None
     tok = bundle.tokenizer
     if tok.kind == "xlm_bpe" and getattr(tok, "merges", None) is not None and _has_sacremoses():
-      tokenizer_check = lambda: parity.check_tokenizer(tok, parity.hf_tokenizer_from_dir(tmp), bundle.languages)  # noqa: E731
+      def tokenizer_check():
+        return parity.check_tokenizer(tok, parity.hf_tokenizer_from_dir(tmp), bundle.languages)
     result = _verify(bundle, lambda: parity.hf_model_from_dir(tmp), tolerance, check, quiet, tokenizer_check)
   out = os.path.abspath(os.path.expanduser(out_dir))
   _say(f"wrote {out} (open it with transformers.XLMWithLMHeadModel.from_pretrained)", quiet)
@@ -167,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
   def common(p: argparse.ArgumentParser, importer: bool) -> None:
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the logit comparison with transformers")
-    p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max |Δlogit| (default 1e-4)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest accepted max |Δlogit| (default 1e-4; a larger one only within the model's float32 "
+                        "rounding, i.e. twice transformers' own float32 error)")
     p.add_argument("--quiet", action="store_true", help="print errors only")
     if importer:
       case = p.add_mutually_exclusive_group()

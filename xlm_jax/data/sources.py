@@ -201,31 +201,36 @@ class TfdsSource:
     text_lang = None
     if "text" in features.keys():
       text_lang = config.split(".")[-1] if "." in config else None
-    return {"langs": langs, "text_lang": text_lang, "splits": set(b.info.splits.keys())}
-
-  def _split(self, split: str) -> str:
-    name = TFDS_SPLITS.get(split, split)
-    if name not in self._info["splits"]:
-      raise UserError(f"TFDS dataset {self.name!r} has no split {name!r} (it has {sorted(self._info['splits'])}).")
-    return name
+    return {"langs": langs, "text_lang": text_lang}
 
   def has_mono(self, split: str, lang: str) -> bool:
-    info = self._info
-    return (lang in info["langs"] or lang == info["text_lang"]) and TFDS_SPLITS.get(split, split) in info["splits"]
+    return lang in self._info["langs"] or lang == self._info["text_lang"]
 
   def has_para(self, split: str, l1: str, l2: str) -> bool:
-    info = self._info
-    return l1 in info["langs"] and l2 in info["langs"] and TFDS_SPLITS.get(split, split) in info["splits"]
+    return l1 in self._info["langs"] and l2 in self._info["langs"]
 
-  def _records(self, split: str) -> Iterator[dict]:
+  def _open(self, split: str):
+    """The random-access data source of a split (opened once); fails now, not mid-preparation, when it is not
+    there. `download=False`: xlm_jax never downloads."""
     import tensorflow_datasets as tfds
+    name = TFDS_SPLITS.get(split, split)
+    opened = self.__dict__.setdefault("_opened", {})
+    if name in opened:
+      return opened[name]
     try:
-      source = tfds.data_source(self.name, split=self._split(split), data_dir=self.data_dir)
-    except UserError:
-      raise
-    except Exception as e:
-      raise UserError(f"TFDS dataset {self.name!r} ({split}) could not be opened: {str(e).splitlines()[0]}. Build it "
-                      "first with `tfds build`; xlm_jax does not download data.") from None
+      opened[name] = tfds.data_source(self.name, split=name, data_dir=self.data_dir, download=False)
+      return opened[name]
+    except Exception as e:  # tfds raises several types for a missing dataset, config or split
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      builder = self._builder()
+      if not builder.is_prepared():
+        reason = f"it is not prepared in {builder.data_dir}"
+      raise UserError(f"TFDS dataset {self.name!r}, split {name!r}, could not be opened: {reason}. Prepare it first "
+                      f"in the ArrayRecord format (for example `tfds build {self.name.split('/')[0]} "
+                      "--file_format=array_record`); xlm_jax never downloads data.") from None
+
+  @staticmethod
+  def _records(source) -> Iterator[dict]:
     for i in range(len(source)):
       yield source[i]
 
@@ -233,9 +238,10 @@ class TfdsSource:
     if not self.has_mono(split, lang):
       raise UserError(f"TFDS dataset {self.name!r} has no {split} text in language {lang!r}.")
     key = "text" if lang == self._info["text_lang"] else lang
+    source = self._open(split)
 
     def lines() -> Iterator[str]:
-      for record in self._records(split):
+      for record in self._records(source):
         text = _as_str(record[key])
         for line in text.split("\n"):
           if line.strip():
@@ -247,8 +253,9 @@ class TfdsSource:
     if not self.has_para(split, l1, l2):
       raise UserError(f"TFDS dataset {self.name!r} has no {split} pairs {l1}-{l2}; it has languages "
                       f"{self._info['langs']}.")
+    source = self._open(split)
     return lambda: ((_as_str(r[l1]).replace("\n", " "), _as_str(r[l2]).replace("\n", " "))
-                    for r in self._records(split))
+                    for r in self._records(source))
 
   def mono_fingerprint(self, split: str, lang: str) -> str:
     return self._fingerprint(split)
@@ -324,8 +331,10 @@ def generated_corpus(workdir: str, languages: Sequence[str], seed: int, sizes: d
   if unknown:
     raise UserError(f"the generated corpus has no language(s) {unknown}; it has {list(synthetic.LANGUAGES)}. "
                     "Fix config.data.languages.")
+  from xlm_jax.parallel import process_zero_first
   out = os.path.join(workdir, "corpus")
-  synthetic.generate_corpus(out, languages=tuple(sorted(languages)), seed=seed, **(sizes or {}))
+  process_zero_first(lambda: synthetic.generate_corpus(out, languages=tuple(sorted(languages)), seed=seed,
+                                                       **(sizes or {})), "generated-corpus")
   return LocalFolder(out)
 
 

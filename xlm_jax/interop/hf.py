@@ -31,7 +31,8 @@ from xlm_jax.interop import tensors, weights
 from xlm_jax.interop.bundle_io import Converted
 from xlm_jax.model.config import TransformerConfig
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 SPM_FILE = "spm.model"
 ALIASES = {"vocab_size": ("vocab_size", "n_words"), "emb_dim": ("emb_dim", "hidden_size"),
            "n_layers": ("n_layers", "num_hidden_layers"), "n_heads": ("n_heads", "num_attention_heads"),
@@ -246,8 +247,8 @@ def read_hf_dir(hf_dir: str, *, vocab_file: str | None = None, merges_file: str 
   if emb is not None and emb.ndim == 2 and tok.vocab_size != emb.shape[0]:
     raise UserError(f"the tokenizer has {tok.vocab_size} pieces ({vocab_file or 'vocab.json'}) but the model's "
                     f"embedding matrix (transformer.embeddings.weight) has {emb.shape[0]} rows; "
-                    f"{weights.MAX_VOCAB_HINT}.")
-  _check_special_ids(tok, cfg, hf_cfg, cfg_path)
+                    f"{weights.max_vocab_hint(emb.shape[0])}.")
+  notes += _check_special_ids(tok, cfg, hf_cfg, cfg_path)
   tied = state.pop("pred_layer.proj.weight", None)
   if tied is not None and emb is not None and not np.array_equal(tied, emb):
     if hf_get(hf_cfg, "tie_word_embeddings"):
@@ -268,7 +269,9 @@ def read_hf_dir(hf_dir: str, *, vocab_file: str | None = None, merges_file: str 
                    reference={"kind": "hf_dir", "path": hf_dir})
 
 
-def _check_special_ids(tok, cfg: TransformerConfig, hf_cfg: Mapping, where: str) -> None:
+def _check_special_ids(tok, cfg: TransformerConfig, hf_cfg: Mapping, where: str) -> list[str]:
+  """pad and eos must agree between config and vocabulary (they change the model's behaviour); mask and unk
+  mismatches are only noted (the tokenizer's pieces decide those ids, as in transformers)."""
   if tok.pad_id != cfg.pad_id:
     raise UserError(f"{where} says pad id {cfg.pad_id} but the vocabulary has <pad> at id {tok.pad_id}; the "
                     "vocabulary does not belong to this model.")
@@ -276,6 +279,13 @@ def _check_special_ids(tok, cfg: TransformerConfig, hf_cfg: Mapping, where: str)
   if isinstance(eos, int) and not isinstance(eos, bool) and eos != tok.eos_id:
     raise UserError(f"{where} says eos id {eos} but the vocabulary has </s> at id {tok.eos_id}; the vocabulary "
                     "does not belong to this model.")
+  notes = []
+  for field, role, value in (("mask_index", "mask", tok.mask_id), ("unk_index", "unk", tok.unk_id)):
+    stated = hf_cfg.get(field)
+    if isinstance(stated, int) and stated != value:
+      notes.append(f"config.json says {field}={stated} but the tokenizer's {role} piece {tok.roles[role]!r} has id "
+                   f"{value}; the tokenizer's id is used.")
+  return notes
 
 
 # --------------------------------------------------------------------------------------------------------- export

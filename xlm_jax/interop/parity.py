@@ -1,5 +1,11 @@
 """Prove a conversion on logits: run our bundle and the transformers model on one fixed batch, compare.
 
+The reference is the transformers model run in float64, so the figure is the error of our float32 computation
+alone, not the sum of two stacks' float32 rounding; the float32 run of transformers is compared too, and its own
+distance to float64 is the noise floor of float32 for that model. A conversion passes when max |Δlogit| is within
+the tolerance (1e-4) or, for large models whose float32 rounding alone exceeds it, within twice transformers' own
+float32 error (a real mapping bug - a missing bias, a forgotten transpose, tanh-GELU - is far above both).
+
 The batch is what makes a comparison meaningful for XLM: several rows, right-padded (so the padding mask is
 exercised), `</s>`-framed, with per-token language ids that change inside a row (TLM style), so that missing or
 swapped language embeddings show. Only non-pad positions are compared (transformers leaves padded rows to the
@@ -32,16 +38,31 @@ PROBES = {
 }
 
 
+NOISE_FACTOR = 2.0
+
+
 @dataclasses.dataclass
 class ParityResult:
+  """max_abs_diff: ours (float32) vs transformers in float64; max_abs_diff_float32: ours vs transformers in
+  float32; reference_float32_error: transformers float32 vs float64 (the float32 noise floor of this model)."""
+
   max_abs_diff: float
   n_positions: int
   max_abs_logit: float
+  max_abs_diff_float32: float = float("nan")
+  reference_float32_error: float = 0.0
   tokenizer_sentences: int = 0
 
+  def passes(self, tolerance: float = TOLERANCE) -> bool:
+    return self.max_abs_diff <= max(tolerance, NOISE_FACTOR * self.reference_float32_error)
+
   def line(self, tolerance: float = TOLERANCE) -> str:
-    text = (f"parity: max |Δlogit| = {self.max_abs_diff:.3g} over {self.n_positions} positions "
-            f"(|logit| up to {self.max_abs_logit:.3g}; tolerance {tolerance:g})")
+    text = (f"parity: max |Δlogit| = {self.max_abs_diff:.3g} against transformers in float64 "
+            f"({self.max_abs_diff_float32:.3g} against its float32 run, whose own float32 error is "
+            f"{self.reference_float32_error:.3g}) over {self.n_positions} positions, |logit| up to "
+            f"{self.max_abs_logit:.3g}; tolerance {tolerance:g}")
+    if self.max_abs_diff > tolerance and self.passes(tolerance):
+      text += " (exceeded, but within float32 rounding of this model: accepted)"
     if self.tokenizer_sentences:
       text += f"; tokenizer ids equal to XLMTokenizer on {self.tokenizer_sentences} sentences"
     return text
@@ -122,7 +143,7 @@ def hf_logits(model, ids: np.ndarray, langs: np.ndarray | None) -> np.ndarray:
   with torch.no_grad():
     out = model(input_ids=torch.from_numpy(ids.astype(np.int64)),
                 langs=None if langs is None else torch.from_numpy(langs.astype(np.int64)))
-  return out.logits.float().numpy()
+  return out.logits.numpy()
 
 
 def bundle_logits(bundle, ids: np.ndarray, langs: np.ndarray) -> np.ndarray:
@@ -131,20 +152,26 @@ def bundle_logits(bundle, ids: np.ndarray, langs: np.ndarray) -> np.ndarray:
     return np.asarray(bundle.logits(ids, langs=langs), np.float32)
 
 
-def compare_logits(ours: np.ndarray, theirs: np.ndarray, ids: np.ndarray, pad_id: int) -> ParityResult:
+def compare_logits(ours: np.ndarray, exact: np.ndarray, theirs32: np.ndarray, ids: np.ndarray,
+                   pad_id: int) -> ParityResult:
   keep = np.cumprod(ids != pad_id, axis=1).astype(bool)  # right padding: everything before the first pad
-  diff = np.abs(ours - theirs)[keep]
-  return ParityResult(float(diff.max()), int(keep.sum()), float(np.abs(theirs[keep]).max()))
+  ours, exact, theirs32 = (np.asarray(x, np.float64)[keep] for x in (ours, exact, theirs32))
+  return ParityResult(max_abs_diff=float(np.abs(ours - exact).max()), n_positions=int(keep.sum()),
+                      max_abs_logit=float(np.abs(exact).max()),
+                      max_abs_diff_float32=float(np.abs(ours - theirs32).max()),
+                      reference_float32_error=float(np.abs(theirs32 - exact).max()))
 
 
 def check_bundle(bundle, hf_model, seed: int = 0) -> ParityResult:
-  """max |Δlogit| between `bundle` (its encoder) and `hf_model` on the fixed batch."""
+  """Logit differences between `bundle` (its encoder) and `hf_model` on the fixed batch. `hf_model` is run in
+  float32, then converted to float64 in place (no second copy of the weights) and run again."""
   cfg = bundle.model_config
   ids, langs = fixed_batch(cfg.vocab_size, cfg.n_langs, cfg.max_positions, cfg.pad_id, bundle.tokenizer.eos_id,
                            seed)
   ours = bundle_logits(bundle, ids, langs)
-  theirs = hf_logits(hf_model, ids, langs)
-  return compare_logits(ours, theirs, ids, cfg.pad_id)
+  theirs32 = hf_logits(hf_model.float(), ids, langs)
+  exact = hf_logits(hf_model.double(), ids, langs)
+  return compare_logits(ours, exact, theirs32, ids, cfg.pad_id)
 
 
 def hf_tokenizer(vocab_file: str, merges_file: str, lowercase: bool):

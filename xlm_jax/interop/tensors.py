@@ -126,9 +126,11 @@ def torch_load_weights_only(path: str) -> Any:
     if "Weights only load failed" in text or "weights_only" in text.lower():
       what = f" ({unsafe.group(1)})" if unsafe else ""
       raise UserError(f"refusing to load {path}: it is not a plain weights file, it asks to run code or build "
-                      f"objects{what} when unpickled; only load checkpoints that hold tensors and plain data.") from None
+                      f"objects{what} when unpickled; only load checkpoints that hold tensors and plain data."
+                      ) from None
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    raise UserError(f"{path} is truncated or not a PyTorch checkpoint ({first[:160]}); download it again.") from None
+    raise UserError(f"{path} is truncated or not a PyTorch checkpoint (torch.load says: {first[:160]}); download it "
+                    "again.") from None
 
 
 def to_numpy(value: Any, where: str) -> np.ndarray:

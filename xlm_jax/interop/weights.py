@@ -30,10 +30,15 @@ import numpy as np
 from xlm_jax.errors import UserError
 from xlm_jax.model.config import TransformerConfig
 
-MAX_VOCAB_HINT = ("the vocabulary does not belong to these weights - the classic --max_vocab confusion. Use the "
-                  "vocabulary published with the model; for an original XLM checkpoint convert the .pth with "
-                  "`from-xlm`, which takes the vocabulary stored inside it (dico_id2word), or rebuild the vocabulary "
-                  "with the --max_vocab the model was trained with")
+def max_vocab_hint(rows: int, *, from_checkpoint: bool = False) -> str:
+  """What to do when a vocabulary and an embedding matrix disagree in size (XLM issues #61, #180, #333)."""
+  if from_checkpoint:
+    return (f"the dictionary does not belong to these weights (the classic --max_vocab confusion: this model has "
+            f"{rows} rows, i.e. it was trained with --max_vocab {rows}); use the checkpoint exactly as XLM's trainer "
+            "saved it, whose dico_id2word is already cut to the model's size")
+  return ("the vocabulary does not belong to these weights (the classic --max_vocab confusion). Use the vocab.json "
+          "published with the model; for an original XLM checkpoint convert the .pth with `from-xlm`, which takes "
+          f"the vocabulary stored inside it (dico_id2word); or rebuild the vocabulary with --max_vocab {rows}")
 
 
 def sinusoidal_table_np(n_positions: int, dim: int) -> np.ndarray:
@@ -154,17 +159,20 @@ def state_to_params(state: Mapping[str, np.ndarray], cfg: TransformerConfig, whe
   missing = sorted(expected - set(state))
   unexpected = sorted(set(state) - expected - ignorable)
   if missing or unexpected:
+    def some(names):
+      return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
     parts = []
     if missing:
-      parts.append(f"missing {len(missing)} tensor(s) ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+      parts.append(f"missing {len(missing)} tensor(s) ({some(missing)})")
     if unexpected:
-      parts.append(f"unexpected {len(unexpected)} ({', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''})")
+      parts.append(f"unexpected {len(unexpected)} ({some(unexpected)})")
     raise UserError(f"{where} does not match its config ({cfg.n_layers} layers, n_langs={cfg.n_langs}, "
                     f"use_lang_emb={cfg.use_lang_emb}, decoder={cfg.is_decoder}): {'; '.join(parts)}.")
   emb = np.asarray(state["embeddings.weight"])
   if emb.ndim == 2 and emb.shape[0] != cfg.vocab_size:
     raise UserError(f"{where}: the config says {cfg.vocab_size} words but {vocab_name} has {emb.shape[0]} rows; "
-                    f"{MAX_VOCAB_HINT}.")
+                    f"{max_vocab_hint(emb.shape[0])}.")
   params: dict = {}
   for name, path, shape, to_ours, _ in rules:
     value = np.asarray(state[name])

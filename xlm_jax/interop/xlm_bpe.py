@@ -46,6 +46,9 @@ CUSTOM_SEGMENTERS = {"zh": "a Chinese word segmenter (Stanford segmenter in XLM,
                      "th": "the PyThaiNLP Thai word segmenter", "ja": "the KyTea Japanese word segmenter"}
 ROMANIAN_LANGS = ("ro",)
 END_OF_WORD = "</w>"
+# The pre-processing this module implements, stored in every state so a bundle cannot be read with other rules.
+MOSES_SETTINGS = {"escape": False, "punct_norm": True, "replace_unicode_punct": True, "remove_non_printing": True,
+                  "romanian_normalisation": list(ROMANIAN_LANGS), "refused_languages": sorted(CUSTOM_SEGMENTERS)}
 
 # Moses' replace-unicode-punctuation.perl as XLM applies it; two entries also swallow the whitespace that follows.
 _PUNCT_TABLE = str.maketrans({
@@ -132,15 +135,9 @@ class XLMBPETokenizer:
                special_pieces: Sequence[str] = DEFAULT_SPECIALS, roles: Mapping[str, str] | None = None,
                source: str = ""):
     self.vocab = [str(p) for p in vocab]
+    # A piece listed twice (possible after the '@@' rewrite of an XLM dico) maps to its last id, as in the dict
+    # transformers' converter builds; the earlier id still decodes.
     self.piece_to_id_map = {p: i for i, p in enumerate(self.vocab)}
-    if len(self.piece_to_id_map) != len(self.vocab):
-      seen, dup = set(), None
-      for p in self.vocab:
-        if p in seen:
-          dup = p
-          break
-        seen.add(p)
-      raise UserError(f"the vocabulary lists the piece {dup!r} twice; it is damaged.")
     self.merges = None if merges is None else [(str(a), str(b)) for a, b in merges]
     self.ranks = None if self.merges is None else {pair: r for r, pair in enumerate(self.merges)}
     self.do_lowercase_and_remove_accent = bool(do_lowercase_and_remove_accent)
@@ -152,7 +149,8 @@ class XLMBPETokenizer:
       if piece not in self.piece_to_id_map:
         raise UserError(f"the vocabulary has no {role} piece {piece!r}; an XLM vocabulary starts with "
                         "<s> </s> <pad> <unk> <special0> ... <special9> (ids 0-13).")
-    self.special_pieces = tuple(p for p in special_pieces if p in self.piece_to_id_map)
+    self.special_pieces = tuple(sorted({p for p in special_pieces if p in self.piece_to_id_map},
+                                       key=self.piece_to_id_map.__getitem__))
     self.vocab_size = len(self.vocab)
     self.bos_id = self.piece_to_id_map[self.roles["bos"]]
     self.eos_id = self.piece_to_id_map[self.roles["eos"]]
@@ -205,7 +203,11 @@ class XLMBPETokenizer:
   def from_state(cls, state: Mapping) -> "XLMBPETokenizer":
     if state.get("kind") != KIND:
       raise UserError(f"tokenizer state of kind {state.get('kind')!r} is not {KIND!r}.")
-    return cls(state["vocab"], state.get("merges"), do_lowercase_and_remove_accent=state["do_lowercase_and_remove_accent"],
+    if "moses" in state and state["moses"] != MOSES_SETTINGS:
+      raise UserError(f"the bundle's XLM tokenizer uses Moses settings {state['moses']}, but this version of "
+                      f"xlm_jax implements {MOSES_SETTINGS}; use the xlm_jax version that wrote the bundle.")
+    return cls(state["vocab"], state.get("merges"),
+               do_lowercase_and_remove_accent=state["do_lowercase_and_remove_accent"],
                languages=state.get("languages", ()), special_pieces=state.get("special_pieces", DEFAULT_SPECIALS),
                roles=state.get("roles"), source=state.get("source", ""))
 
@@ -213,9 +215,7 @@ class XLMBPETokenizer:
     return {"kind": KIND, "vocab": list(self.vocab), "merges": None if self.merges is None else
             [list(p) for p in self.merges], "do_lowercase_and_remove_accent": self.do_lowercase_and_remove_accent,
             "languages": list(self.languages), "special_pieces": list(self.special_pieces), "roles": dict(self.roles),
-            "moses": {"escape": False, "punct_norm": True, "replace_unicode_punct": True,
-                      "remove_non_printing": True, "romanian_normalisation": list(ROMANIAN_LANGS),
-                      "refused_languages": sorted(CUSTOM_SEGMENTERS)},
+            "moses": dict(MOSES_SETTINGS),
             "source": self.source}
 
   def fingerprint(self) -> str:

@@ -140,10 +140,10 @@ def read_xlm_checkpoint(path: str, *, codes_file: str | None = None, lowercase: 
   rows = enc_cfg.vocab_size
   if len(id2word) != rows:
     raise UserError(f"{path}: the checkpoint's dictionary (dico_id2word) has {len(id2word)} words but "
-                    f"embeddings.weight has {rows} rows; {weights.MAX_VOCAB_HINT}.")
+                    f"embeddings.weight has {rows} rows; {weights.max_vocab_hint(rows, from_checkpoint=True)}.")
   if n_words is not None and int(n_words) != rows:
     raise UserError(f"{path}: params says n_words={n_words} but embeddings.weight has {rows} rows; "
-                    f"{weights.MAX_VOCAB_HINT}.")
+                    f"{weights.max_vocab_hint(rows, from_checkpoint=True)}.")
   id2lang = params.get("id2lang")
   lang2id = params.get("lang2id")
   langs = hf.resolve_languages(hf.languages_from_maps(id2lang, lang2id, enc_cfg.n_langs, path), languages,
@@ -169,6 +169,9 @@ def read_xlm_checkpoint(path: str, *, codes_file: str | None = None, lowercase: 
   out_params, configs = {}, {}
   for name, state in parts.items():
     cfg = enc_cfg if name == "encoder" else model_config(params, state, path, is_decoder=True, causal=True)
+    if cfg.vocab_size != enc_cfg.vocab_size:
+      raise UserError(f"{path}: the decoder has {cfg.vocab_size} embedding rows but the encoder {enc_cfg.vocab_size}; "
+                      "XLM's encoder and decoder share one dictionary, so the file is damaged.")
     tied = state.pop("pred_layer.proj.weight", None)
     if tied is not None and not np.array_equal(tied, state.get("embeddings.weight")):
       why = " (--share_inout_emb false)" if not share else ""

@@ -13,6 +13,7 @@ Tasks (pretrain, nmt, classify) describe *what* to train as a `TrainTask`; this 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from typing import Any, Callable, Mapping
@@ -200,8 +201,10 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
                                                                          "fingerprint": task.batches.fingerprint()},
                         force=force)
 
-    from xlm_jax.data.pipeline import DataIterator
+    from xlm_jax.data.pipeline import DataIterator, batch_checksum
     iterator = DataIterator(task.batches, start_step)
+    checksums = open(f"{workdir}/batch_checksums.jsonl", "a") if config.log.batch_checksums and writer.enabled \
+        else None
     pending = None  # (step, metrics on device, flops, tokens) of the previous step
     window = {"t0": None, "steps": 0, "flops": 0.0, "tokens": 0, "sums": {}}
     last_eval: dict[str, float] = {}
@@ -209,6 +212,9 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     try:
       while step < total_steps:
         _, local = next(iterator)
+        if checksums is not None:
+          checksums.write(json.dumps({"step": step, "checksum": batch_checksum(local)}) + "\n")
+          checksums.flush()
         batch = parallel.global_batch(local, mesh)
         state, metrics = step_fn(state, batch)
         flops = task.step_flops(local) * jax.process_count()
@@ -235,6 +241,8 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
       checkpointer.wait()
     finally:
       iterator.close()
+      if checksums is not None:
+        checksums.close()
       checkpointer.close()
       writer.close()
   return TrainResult(last_eval, state)

@@ -220,8 +220,11 @@ def step_tokens(batch) -> int:
   return int(sum(int(np.sum(np.asarray(b["segment_ids"]) > 0)) for b in batch.values()))
 
 
-def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
-  """Everything the loop needs, with every check done before anything is written to `workdir`."""
+def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict]:
+  """Everything the loop needs, with every check done before anything is written to `workdir`.
+
+  `corpus` replaces the sources named by `config.data.corpus` (tests pass TFDS sources opened under
+  `tfds.testing.mock_data`)."""
   languages = sorted(parse_list(config.data.languages))
   if not languages:
     raise UserError("config.data.languages is empty; name at least one language, e.g. 'en,fr'.")
@@ -242,7 +245,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   if config.data.batch_size % divisor:
     raise UserError(f"config.data.batch_size={config.data.batch_size} must be a multiple of {divisor} (devices on "
                     "the data and fsdp mesh axes times accumulate_gradients).")
-  corpus = make_corpus(config, workdir, languages)
+  corpus = corpus or make_corpus(config, workdir, languages)
   mono_langs = sorted({s.langs[0] for s in specs if len(s.langs) == 1})
   pairs = sorted({tuple(sorted(s.langs)) for s in specs if len(s.langs) == 2})
   for split in ("train", "valid"):  # fail on missing or empty data before anything is written
@@ -296,8 +299,8 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   return task, context
 
 
-def run(config, workdir: str, devices=None):
+def run(config, workdir: str, devices=None, corpus=None):
   """Pretrain as `config` says, in `workdir` (resuming when it holds a checkpoint). Returns a `TrainResult`."""
   mesh = parallel.make_mesh(config.mesh.to_dict(), devices)
-  task, _ = build_task(config, workdir, mesh)
+  task, _ = build_task(config, workdir, mesh, corpus)
   return train(task, config, workdir, mesh)
