@@ -1,9 +1,12 @@
 """The demo: the whole chain at toy scale on the project's generated corpus, in minutes on 2 CPU cores.
 
-  python main.py --config=configs/demo.py --workdir=/tmp/xlm_demo
+  python main.py --config=configs/demo.py --workdir=runs/demo
 
-Variants: `configs/demo.py:pretrain` runs only the pretraining part (task=pretrain).
+Pretraining (MLM + TLM) in WORKDIR/pretrain, then NMT xa<->xb seeded from it in WORKDIR/nmt, then held-out
+MLM perplexity/accuracy and BLEU. Variant `configs/demo.py:pretrain` runs only the pretraining.
 """
+import ml_collections
+
 from xlm_jax.config_base import base_config
 
 
@@ -32,4 +35,11 @@ def get_config(arg: str | None = None):
   c.checkpoint.every = 500
   c.log.every = 100
   c.log.eval_every = 500
+  c.nmt.mt_steps = "xa-xb,xb-xa"
+  c.nmt.src_len = c.nmt.tgt_len = 64
+  c.nmt.bleu_sentences = 300
+  c.demo = ml_collections.ConfigDict()
+  c.demo.nmt_steps = 800               # the NMT phase (train.steps is the pretraining phase)
+  c.demo.nmt_lr = 1e-3
+  c.demo.nmt_warmup_steps = 100
   return c

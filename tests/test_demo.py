@@ -10,7 +10,8 @@ from conftest import FULL, run_main
 @pytest.mark.slow
 def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
   workdir = tmp_path / "demo"
-  short = {} if FULL else {"train.steps": 60, "log.every": 20, "checkpoint.every": 30, "data.eval_rows": 32}
+  short = {} if FULL else {"train.steps": 60, "log.every": 20, "checkpoint.every": 30, "data.eval_rows": 32,
+                           "demo.nmt_steps": 20, "nmt.bleu_sentences": 16, "nmt.src_len": 32, "nmt.tgt_len": 32}
   proc = run_main(str(workdir), {**short, "task": "demo"}, timeout=900, tiny=not FULL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   match = re.search(r"held-out MLM perplexity ([0-9.]+), accuracy ([0-9.]+)", proc.stdout)
@@ -18,11 +19,17 @@ def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
   ppl, acc = float(match.group(1)), float(match.group(2))
   vocab = 300 if not FULL else 1000
   assert 1.0 < ppl < vocab and 0.0 <= acc <= 1.0   # an untrained model sits near the vocabulary size
-  assert (workdir / "metrics.jsonl").exists()
-  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  bleu = re.findall(r"held-out BLEU (xa-xb|xb-xa): ([0-9.]+)", proc.stdout)
+  assert sorted(d for d, _ in bleu) == ["xa-xb", "xb-xa"], proc.stdout
+  if FULL:
+    assert min(float(v) for _, v in bleu) > 20.0
+  pre = workdir / "pretrain"
+  assert (pre / "metrics.jsonl").exists()
+  assert list((pre / "tensorboard").glob("events.out.tfevents.*"))
 
   import xlm_jax
-  bundle = xlm_jax.load(str(workdir))
+  assert xlm_jax.load(str(workdir / "nmt")).translate(["Bogu rin delans wogi."], src="xa", tgt="xb")[0]
+  bundle = xlm_jax.load(str(pre))
   assert bundle.languages == ["xa", "xb", "xc"]
   assert bundle.tokenizer.pad_id == 2 and bundle.tokenizer.eos_id == 1 and bundle.tokenizer.mask_id == 5
   ids = bundle.encode(["Bogu rin delans wogi.", "Ka delan?"], lang="xa")

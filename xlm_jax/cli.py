@@ -58,6 +58,9 @@ def run_task(config, workdir: str | None) -> int:
     if config.task == "pretrain":
       from xlm_jax.train import pretrain
       pretrain.run(config, workdir)
+    elif config.task == "nmt":
+      from xlm_jax.train import nmt
+      nmt.run(config, workdir)
     elif config.task == "demo":
       from xlm_jax import demo
       demo.run(config, workdir)

@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_dropout = 0.1
   c.model.dtype = "float32"            # matmul input dtype: float32 | bfloat16 (f32 accumulation and weights)
   c.model.remat = False                # recompute layer activations in the backward pass (saves memory)
+  c.model.decoder_layers = 0           # NMT decoder depth; 0 = as deep as the encoder
 
   c.data = ml_collections.ConfigDict()
   c.data.corpus = "generated"          # comma-separated sources: 'generated' (the project's synthetic corpus), a
@@ -58,6 +59,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.sample_alpha = 0.0            # > 0: mask frequent tokens less, p ~ count**-sample_alpha
   c.data.eval_rows = 256               # held-out rows per language and objective
   c.data.cache_dir = ""                # prepared datasets; default WORKDIR/data
+
+  c.init = ml_collections.ConfigDict()  # NMT: where the encoder and decoder start from
+  c.init.bundle = ""                   # a pretraining workdir or checkpoint step
+  c.init.decoder_bundle = ""           # another bundle for the decoder ('' = the same)
+  c.init.encoder = "pretrained"        # pretrained | scratch
+  c.init.decoder = "pretrained"        # pretrained | scratch (cross-attention always starts fresh)
+
+  c.nmt = ml_collections.ConfigDict()
+  c.nmt.mt_steps = ""                  # supervised MT directions, e.g. 'en-fr,fr-en'
+  c.nmt.ae_steps = ""                  # denoising auto-encoding languages, e.g. 'en,fr'
+  c.nmt.bt_steps = ""                  # on-the-fly back-translation, e.g. 'en-fr-en,fr-en-fr'
+  c.nmt.lambda_mt = "1"
+  c.nmt.lambda_ae = "1"                # the reference's UNMT recipe: '0:1,100000:0.1,300000:0'
+  c.nmt.lambda_bt = "1"
+  c.nmt.word_shuffle = 0.0             # AE noise (reference UNMT: 3, 0.1, 0.1)
+  c.nmt.word_dropout = 0.0
+  c.nmt.word_blank = 0.0
+  c.nmt.mono_lines = ""                # training lines for AE/BT per language, e.g. 'en:0:14500,fr:14500:29000'
+  c.nmt.src_len = 64                   # packed source row length
+  c.nmt.tgt_len = 64                   # packed target row length
+  c.nmt.bt_len = 48                    # back-translation: sentence row length (and generated length cap)
+  c.nmt.bt_max_len_a = 1.3             # generated length <= a * source length + b, as the reference
+  c.nmt.bt_max_len_b = 5.0
+  c.nmt.beam_size = 1                  # evaluation decoding
+  c.nmt.length_penalty = 1.0
+  c.nmt.early_stopping = False
+  c.nmt.eval_max_len_a = 1.5
+  c.nmt.eval_max_len_b = 10.0
+  c.nmt.bleu_split = "valid"           # BLEU during training on this split ('test' for final numbers)
+  c.nmt.bleu_sentences = 500           # first N sentences of the split (0 = all)
+  c.nmt.sample_translations = 2        # printed at each evaluation
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

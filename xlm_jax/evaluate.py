@@ -87,3 +87,24 @@ def tlm_context_accuracy(params, cfg: TransformerConfig, pairs: Sequence[tuple[n
     out[f"{name}_ppl"] = float(np.exp(nll / max(count, 1.0)))
     out["n_masked"] = count
   return out
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str], target_lang: str) -> dict:
+  """Detokenized sacreBLEU (the number to report, with its signature) and, for comparison with 2019 papers,
+  tokenized BLEU: both sides Moses-tokenized for `target_lang`, scored without further tokenization (what
+  multi-bleu.perl on tokenized text gives)."""
+  from sacrebleu.metrics import BLEU
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+  metric = BLEU()
+  score = metric.corpus_score(list(hypotheses), [list(references)])
+  out = {"bleu": float(score.score), "signature": str(metric.get_signature())}
+  try:
+    from sacremoses import MosesTokenizer
+    moses = MosesTokenizer(lang=target_lang)
+    tok = lambda s: moses.tokenize(s, return_str=True, escape=False)
+    tokenized = BLEU(tokenize="none").corpus_score([tok(h) for h in hypotheses], [[tok(r) for r in references]])
+    out["tokenized_bleu"] = float(tokenized.score)
+  except ImportError:  # sacremoses is in requirements.txt; stay usable without it
+    pass
+  return out

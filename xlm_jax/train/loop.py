@@ -195,7 +195,7 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
       return results
 
     def save(step: int, force: bool = False) -> None:
-      meta = dict(task.meta, step=step)
+      meta = dict(task.meta, step=step, metrics={k: v for k, v in last_eval.items()})
       train_part = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
       checkpointer.save(step, state.params, meta, train=train_part, data={"next_step": step,
                                                                          "fingerprint": task.batches.fingerprint()},

@@ -22,7 +22,7 @@ from xlm_jax.data import sources as sources_lib
 from xlm_jax.data.masking import MaskingConfig
 from xlm_jax.data.packing import PairDirection, PairStore
 from xlm_jax.data.pipeline import Entry, PackedPairRows, PretrainBatches, StepSpec, StreamRows, parse_steps
-from xlm_jax.data.prepare import prepare
+from xlm_jax.data.prepare import PreparedText, prepare
 from xlm_jax.data.streams import IN_MEMORY_MAX_TOKENS, TokenStream
 from xlm_jax.errors import UserError
 from xlm_jax.io_utils import atomic_write
@@ -36,7 +36,8 @@ N_SPECIAL = 6  # <s> </s> <pad> <unk> <special0> <mask>: never random replacemen
 
 def model_config(config, vocab_size: int, n_langs: int, pad_id: int) -> TransformerConfig:
   """The model of a run: `config.model` plus what the data decides (vocabulary, languages, pad id)."""
-  return TransformerConfig(vocab_size=vocab_size, n_langs=n_langs, pad_id=pad_id, **config.model.to_dict())
+  fields = {k: v for k, v in config.model.to_dict().items() if k != "decoder_layers"}
+  return TransformerConfig(vocab_size=vocab_size, n_langs=n_langs, pad_id=pad_id, **fields)
 
 
 def bundle_meta(config, cfg: TransformerConfig, languages: list[str], tokenizer: Tokenizer, task: str) -> dict:
@@ -90,11 +91,24 @@ def capped(texts, cap: int | None):
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-  """A tokenizer.json file, or the tokenizer of a bundle (workdir or checkpoint step)."""
+  """A tokenizer.json file, or the tokenizer of a bundle (workdir or checkpoint step).
+
+  Raises a `UserError` naming `config.data.tokenizer` when the path does not exist or the file is not a saved
+  tokenizer state."""
   path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise UserError(f"config.data.tokenizer={path!r} does not exist; point it at a tokenizer.json, a workdir or a "
+                    "checkpoint, or leave it empty to train a tokenizer.")
   if os.path.isfile(path):
-    with open(path) as f:
-      return tokenizer_from_state(json.load(f))
+    try:
+      with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+      if not isinstance(state, dict):
+        raise ValueError("not a JSON object")
+      return tokenizer_from_state(state)
+    except (ValueError, KeyError, RuntimeError) as e:  # bad JSON, missing field, bad model bytes
+      raise UserError(f"config.data.tokenizer={path!r} is not a saved xlm_jax tokenizer ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); use the tokenizer.json of a workdir.") from None
   if os.path.isfile(os.path.join(path, "tokenizer.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
     return load_tokenizer(os.path.join(path, "tokenizer.json"))
   return tokenizer_from_state(ckpt.read_meta(path)["tokenizer"])
@@ -197,8 +211,7 @@ def make_loss(model: Transformer, lambdas: Mapping[str, Any]):
       correct = jnp.sum((jnp.argmax(logits, -1) == b["pred_targets"]) * weights)
       total = total + lambdas[objective](step) * loss_sum / jnp.maximum(count, 1.0)
       stats.update({f"{objective}_loss_sum": loss_sum, f"{objective}_count": count,
-                    f"{objective}_correct": correct,
-                    f"tokens_{objective}": jnp.sum(b["segment_ids"] > 0).astype(jnp.float32)})
+                    f"{objective}_correct": correct})
     return total, stats
 
   return loss
@@ -218,6 +231,25 @@ def step_flops_fn(cfg: TransformerConfig):
 
 def step_tokens(batch) -> int:
   return int(sum(int(np.sum(np.asarray(b["segment_ids"]) > 0)) for b in batch.values()))
+
+
+def data_report(prepared: list[PreparedText], pair_stores: Mapping[tuple[str, str, str], PairStore],
+                bptt: int) -> list[str]:
+  """One line per dataset split that lost text: lines dropped at preparation (empty, longer than max_len) and
+  pairs skipped because their TLM example does not fit a row of `bptt` tokens. Empty when nothing was lost."""
+  lines = []
+  for data in prepared:
+    for split, s in sorted(data.manifest["splits"].items()):
+      reasons = {"empty": "empty", "too_long": f"longer than max_len={data.manifest['max_len']} tokens"}
+      dropped = [f"{n} {reasons.get(why, why)}" for why, n in s["dropped"].items() if n]
+      if dropped:
+        lines.append(f"data: {data.manifest.get('describe') or data.manifest['name']}, {split}: kept "
+                     f"{s['sentences']} of {s['lines']} lines; dropped {' and '.join(dropped)}.")
+  for (a, b, split), store in sorted(pair_stores.items()):
+    if store.n_too_long:
+      lines.append(f"data: pairs {a}-{b}, {split}: {store.n_too_long} of {store.n_too_long + len(store)} pairs do "
+                   f"not fit a row of bptt={bptt} tokens (both sentences framed) and are skipped.")
+  return lines
 
 
 def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict]:
@@ -254,11 +286,14 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
     for a, b in pairs:
       corpus.para(split, a, b)
   tokenizer = get_tokenizer(config, workdir, corpus, languages, meta, caps)
+  masking = masking_config(config, tokenizer)
   cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
   lang2id = {l: i for i, l in enumerate(languages)}
   many = jax.process_count() > 1  # several processes: read records on demand, each only its own rows' share
-  mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, cap=caps.get(l)) for l in mono_langs}
+  # pairs first: their alignment check (a full pass over both files) fails before the monolingual data is prepared
   para = {p: prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len) for p in pairs}
+  mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, cap=caps.get(l)) for l in mono_langs}
+  pair_stores: dict[tuple[str, str, str], PairStore] = {}
 
   def entries(split: str) -> list[Entry]:
     out, stores = [], {}
@@ -273,19 +308,21 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
         l1, l2 = spec.langs
         key = tuple(sorted(spec.langs))
         if key not in stores:
-          stores[key] = PairStore(para[key], split, bptt, in_memory=not many)
+          stores[key] = pair_stores[(*key, split)] = PairStore(para[key], split, bptt, in_memory=not many)
         direction = PairDirection(stores[key], swap=(l1 != key[0]), lang1=lang2id[l1], lang2=lang2id[l2],
                                   eos_id=tokenizer.eos_id)
         out.append(Entry(spec, PackedPairRows(direction, bptt, tokenizer.pad_id, config.data.pack_pool)))
     return out
 
-  masking = masking_config(config, tokenizer)
   batches = PretrainBatches(entries=entries("train"), batch_size=config.data.batch_size, seq_len=bptt,
                             masking=masking, seed=config.seed, mixing=config.data.mixing,
                             lg_sampling_factor=config.data.lg_sampling_factor,
                             process_index=jax.process_index(), process_count=jax.process_count(),
                             group_rows=config.data.pack_rows)
   eval_sets = batches.eval_batches(entries("valid"), config.data.eval_rows)
+  report = data_report([*para.values(), *mono.values()], pair_stores, bptt)
+  if report and jax.process_index() == 0:
+    print("\n".join(report), flush=True)
   cfg = model_config(config, tokenizer.vocab_size, len(languages), tokenizer.pad_id)
   model = Transformer(cfg)
   lambdas = {o: parse_lambda(getattr(config.data, f"lambda_{o}"), f"config.data.lambda_{o}") for o in ("mlm", "clm")}
@@ -295,7 +332,7 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
                    meta=bundle_meta(config, cfg, languages, tokenizer, "pretrain"),
                    step_flops=step_flops_fn(cfg), step_tokens=step_tokens, compute_dtype=cfg.dtype)
   context = {"tokenizer": tokenizer, "languages": languages, "model_config": cfg, "mono": mono, "para": para,
-             "corpus": corpus, "lang2id": lang2id, "masking": masking}
+             "corpus": corpus, "lang2id": lang2id, "masking": masking, "data_report": report}
   return task, context
 
 

@@ -1,0 +1,123 @@
+"""The NMT trainer: seeding from a pretraining bundle, training, BLEU, translation, and bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_main, tiny_config
+from xlm_jax.errors import UserError
+
+NMT = {"task": "nmt", "nmt.mt_steps": "xa-xb,xb-xa", "nmt.src_len": 32, "nmt.tgt_len": 32, "nmt.bt_len": 24,
+       "nmt.bleu_sentences": 8, "nmt.sample_translations": 0, "train.steps": 4, "data.eval_rows": 4}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+  """A tiny MLM+TLM pretraining run (the bundle NMT starts from)."""
+  workdir = tmp_path_factory.mktemp("pre")
+  proc = run_main(str(workdir), {"train.steps": 6, "data.mlm_steps": "xa,xb,xa-xb"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return str(workdir)
+
+
+def nmt_config(bundle, **overrides):
+  c = tiny_config(**{k: v for k, v in NMT.items()})
+  c.init.bundle = bundle
+  for k, v in overrides.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = getattr(node, p)
+    setattr(node, last, v)
+  return c
+
+
+def initial_params(config, workdir):
+  from xlm_jax import parallel
+  from xlm_jax.train import nmt
+  from xlm_jax.train.optim import make_optimizer
+  from xlm_jax.train.state import sharded_state_layout
+  mesh = parallel.make_mesh(config.mesh.to_dict())
+  task, _ = nmt.build_task(config, workdir, mesh)
+  tx, _ = make_optimizer(config.train)
+  create, _, _ = sharded_state_layout(task.init_params, tx, config.seed, mesh,
+                                      parallel.rules_from_config(config.mesh.rules))
+  fresh = create().params
+  return fresh, task.init_from(fresh)
+
+
+@pytest.mark.parametrize("encoder, decoder", [("pretrained", "pretrained"), ("pretrained", "scratch"),
+                                              ("scratch", "pretrained"), ("scratch", "scratch")])
+def test_initialisation_loads_exactly_the_requested_parts(bundle, tmp_path, encoder, decoder):
+  import xlm_jax
+  pre = xlm_jax.load(bundle).params
+  config = nmt_config(bundle, **{"init.encoder": encoder, "init.decoder": decoder})
+  fresh, seeded = initial_params(config, str(tmp_path))
+  same = lambda a, b: np.array_equal(np.asarray(a), np.asarray(b))
+  for part, how in (("encoder", encoder), ("decoder", decoder)):
+    emb = seeded[part]["embeddings"]["embedding"]
+    q = seeded[part]["layers_1"]["attention"]["q_lin"]["kernel"]
+    assert same(emb, pre["embeddings"]["embedding"]) == (how == "pretrained")
+    assert same(q, pre["layers_1"]["attention"]["q_lin"]["kernel"]) == (how == "pretrained")
+    assert same(seeded[part]["pred_bias"], pre["pred_bias"]) == (how == "pretrained")
+  assert same(seeded["decoder"]["layers_0"]["encoder_attn"]["k_lin"]["kernel"],
+              fresh["decoder"]["layers_0"]["encoder_attn"]["k_lin"]["kernel"])  # always fresh
+  table = (tmp_path / "init_table.txt").read_text()
+  assert "fresh    decoder/layers_0/encoder_attn/q_lin/kernel" in table
+  assert ("loaded   encoder/embeddings/embedding" in table) == (encoder == "pretrained")
+
+
+def test_training_bleu_translation_and_bundle(bundle, tmp_path):
+  workdir = tmp_path / "nmt"
+  proc = run_main(str(workdir), {**NMT, "init.bundle": bundle, "log.every": 2})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "initialisation:" in proc.stdout
+  import xlm_jax
+  b = xlm_jax.load(str(workdir))
+  assert b.architecture == "encoder_decoder" and b.meta["task"] == "nmt"
+  assert b.meta["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+  assert {"bleu_xa-xb", "bleu_xb-xa", "tokenized_bleu_xa-xb"} <= set(b.meta["metrics"])
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert any("bleu_xa-xb" in r for r in records if r["kind"] == "eval")
+  out = b.translate(["Bogu rin delans wogi.", "", "Ka delan?"], src="xa", tgt="xb", beam=2)
+  assert len(out) == 3 and out[1] == ""
+
+  lines = "Bogu rin delans wogi.\n\n   \nKa delan daluta lanpun?\nBogu.\n"
+  cli = subprocess.run([sys.executable, "-m", "xlm_jax.translate", "--checkpoint", str(workdir), "--src", "xa",
+                        "--tgt", "xb", "--beam", "2"], input=lines.encode(), capture_output=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+  assert cli.returncode == 0, cli.stderr.decode()[-2000:]
+  got = cli.stdout.decode().split("\n")
+  assert len(got) == 6 and got[-1] == "" and got[1] == "" and got[2] == ""
+  assert got[0] == out[0]  # the same decode path as Bundle.translate (beam 2)
+
+  bad = subprocess.run([sys.executable, "-m", "xlm_jax.translate", "--checkpoint", str(workdir), "--src", "xa",
+                        "--tgt", "xb"], input=b"ok line\n\xff\xfe broken\n", capture_output=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+  assert bad.returncode == 2 and b"line 2" in bad.stderr and b"UTF-8" in bad.stderr
+  empty = subprocess.run([sys.executable, "-m", "xlm_jax.translate", "--checkpoint", str(workdir), "--src", "xa",
+                          "--tgt", "xb"], input=b"", capture_output=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+  assert empty.returncode == 2 and b"empty" in empty.stderr
+
+
+def test_bad_step_specs_and_languages(bundle, tmp_path):
+  from xlm_jax.data.nmt_batches import parse_nmt_steps
+  with pytest.raises(UserError, match="l1-l2-l1"):
+    parse_nmt_steps("", "", "xa-xb-xc")
+  with pytest.raises(UserError, match="'en-fr-en'"):
+    parse_nmt_steps("", "", "xa-xb")
+  with pytest.raises(UserError, match="'zz'"):
+    initial_params(nmt_config(bundle, **{"nmt.mt_steps": "xa-zz"}), str(tmp_path))
+
+
+def test_mismatched_bundles_are_refused(bundle, tmp_path):
+  other = tmp_path / "other"
+  proc = run_main(str(other), {"train.steps": 2, "data.vocab_size": 280, "data.mlm_steps": "xa,xb"})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with pytest.raises(UserError, match="do not match.*tokenizers differ.*vocab_size"):
+    initial_params(nmt_config(bundle, **{"init.decoder_bundle": str(other)}), str(tmp_path / "w"))

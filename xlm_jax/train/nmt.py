@@ -1,0 +1,388 @@
+"""Neural machine translation seeded from a pretraining bundle: supervised MT, denoising AE, back-translation.
+
+Orchestration only: builds the encoder-decoder from a pretrained bundle (or from scratch), the data, the loss and
+BLEU evaluation, and hands a `TrainTask` to the shared loop.
+
+Initialisation (`config.init`), as in XLM's `--reload_model 'enc.pth,dec.pth'`: the encoder and the decoder are
+each `pretrained` (every parameter copied from the bundle: embeddings, positions, language embeddings, all
+self-attention and feed-forward layers, the output bias) or `scratch`; the decoder's cross-attention
+(`encoder_attn`) and its LayerNorm (`layer_norm15`) are the only parameters a pretrained encoder does not have,
+so they always start fresh. A table of loaded / fresh / ignored parameters is printed and saved to
+`WORKDIR/init_table.txt`. Tokenizer, vocabulary and widths must match between the bundles; the bundle's language
+list fixes the language ids. The pretraining may have run on any mesh: parameters are read on the host and
+placed onto this run's shardings.
+
+The target language reaches the decoder only through its language embedding; there is one BOS, `</s>`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from xlm_jax import checkpoint as ckpt
+from xlm_jax import decode as decode_lib
+from xlm_jax import parallel
+from xlm_jax.config_base import parse_list
+from xlm_jax.data.noise import NoiseConfig
+from xlm_jax.data.nmt_batches import (AeSource, MtSource, NmtBatches, NmtEntry, SentenceStore, parse_nmt_steps)
+from xlm_jax.data.packing import PairStore
+from xlm_jax.errors import UserError
+from xlm_jax.evaluate import bleu
+from xlm_jax.io_utils import atomic_write
+from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
+from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state
+from xlm_jax.train import pretrain
+from xlm_jax.train.loop import TrainTask, train
+from xlm_jax.train.optim import parse_lambda
+from xlm_jax.translate import translate_texts
+
+def _bundle_part(params: Any, meta: Mapping, part: str) -> Any:
+  """The encoder (or decoder) parameters of a bundle; encoder bundles give the same tree for both."""
+  if meta.get("architecture") == "encoder_decoder":
+    return params[part]
+  return params
+
+
+def load_init_bundles(config) -> tuple[dict | None, dict | None, Any, Any]:
+  """(encoder meta, decoder meta, encoder params, decoder params) of the bundles `config.init` names, on the host."""
+  enc_path = config.init.bundle
+  dec_path = config.init.decoder_bundle or enc_path
+  want = {"encoder": config.init.encoder, "decoder": config.init.decoder}
+  for part, how in want.items():
+    if how not in ("pretrained", "scratch"):
+      raise UserError(f"config.init.{part}={how!r} must be 'pretrained' or 'scratch'.")
+    if how == "pretrained" and not (enc_path if part == "encoder" else dec_path):
+      raise UserError(f"config.init.{part}='pretrained' needs config.init.bundle (a pretraining workdir or step).")
+  metas, params = {}, {}
+  for part, path in (("encoder", enc_path), ("decoder", dec_path)):
+    if path:
+      p, m = ckpt.restore_params(path)
+      metas[part], params[part] = m, _bundle_part(p, m, part)
+  return metas.get("encoder"), metas.get("decoder"), params.get("encoder"), params.get("decoder")
+
+
+def check_bundles_agree(enc_meta: Mapping, dec_meta: Mapping) -> None:
+  a, b = TransformerConfig.from_dict(enc_meta["model"]), TransformerConfig.from_dict(dec_meta["model"])
+  ta, tb = tokenizer_from_state(enc_meta["tokenizer"]), tokenizer_from_state(dec_meta["tokenizer"])
+  problems = []
+  if ta.fingerprint() != tb.fingerprint():
+    problems.append("their tokenizers differ")
+  for field in ("vocab_size", "emb_dim", "n_heads", "n_langs", "max_positions"):
+    if getattr(a, field) != getattr(b, field):
+      problems.append(f"{field} {getattr(a, field)} vs {getattr(b, field)}")
+  if list(enc_meta.get("languages", [])) != list(dec_meta.get("languages", [])):
+    problems.append(f"languages {enc_meta.get('languages')} vs {dec_meta.get('languages')}")
+  if problems:
+    raise UserError(f"the encoder bundle ({enc_meta['_root']}) and the decoder bundle ({dec_meta['_root']}) do not "
+                    f"match: {'; '.join(problems)}; seed both from one pretraining (or matching ones).")
+
+
+def model_configs(config, meta: Mapping | None, vocab_size: int, n_langs: int, pad_id: int):
+  """Encoder and decoder configs: the bundle's shapes (dropout and compute dtype from `config.model`)."""
+  run = {k: config.model[k] for k in ("dropout", "attention_dropout", "dtype", "remat")}
+  if meta is not None:  # the bundle decides the shapes; config.model's shape fields are for runs without one
+    enc = TransformerConfig.from_dict(meta["model"]).replace(is_decoder=False, causal=False, **run)
+  else:
+    enc = pretrain.model_config(config, vocab_size, n_langs, pad_id)
+  dec_layers = config.model.decoder_layers or enc.n_layers
+  return enc, enc.replace(is_decoder=True, causal=True, n_layers=dec_layers)
+
+
+def seed_params(fresh: Any, enc_src: Any, dec_src: Any, init) -> tuple[Any, list[tuple[str, str]]]:
+  """Copy pretrained parameters into a fresh NMT tree; returns (params, table rows (path, status))."""
+  fresh_host = jax.device_get(fresh)
+  table = []
+  out = {}
+  for part, source, how in (("encoder", enc_src, init.encoder), ("decoder", dec_src, init.decoder)):
+    flat_fresh = ckpt.tree_paths(fresh_host[part])
+    flat_src = ckpt.tree_paths(source) if (how == "pretrained" and source is not None) else {}
+    used = set()
+    new_flat = {}
+    for path, leaf in flat_fresh.items():
+      # an encoder bundle has no cross-attention, so `encoder_attn` and `layer_norm15` stay fresh; a decoder
+      # taken from an MT bundle brings them along
+      if path in flat_src:
+        if tuple(np.shape(flat_src[path])) != tuple(np.shape(leaf)):
+          raise UserError(f"pretrained parameter {part}/{path} has shape {np.shape(flat_src[path])}, the NMT model "
+                          f"needs {np.shape(leaf)}; the widths or vocabularies differ.")
+        new_flat[path] = np.asarray(flat_src[path], dtype=np.asarray(leaf).dtype)
+        used.add(path)
+        table.append((f"{part}/{path}", "loaded"))
+      else:
+        new_flat[path] = leaf
+        table.append((f"{part}/{path}", "fresh"))
+    for path in sorted(set(flat_src) - used):
+      table.append((f"{part}/{path}", "ignored"))
+    out[part] = _unflatten(fresh_host[part], new_flat)
+  placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), out, fresh)
+  return placed, table
+
+
+def _unflatten(template: Any, flat: Mapping[str, Any]) -> Any:
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+  values = []
+  for path, _ in leaves:
+    key = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    values.append(flat[key])
+  return jax.tree_util.tree_unflatten(treedef, values)
+
+
+def format_table(table: list[tuple[str, str]]) -> str:
+  counts = {s: sum(1 for _, x in table if x == s) for s in ("loaded", "fresh", "ignored")}
+  lines = [f"initialisation: {counts['loaded']} loaded, {counts['fresh']} fresh, {counts['ignored']} ignored"]
+  lines += [f"  {status:8s} {path}" for path, status in table]
+  return "\n".join(lines)
+
+
+def make_loss(encoder: Transformer, decoder: Transformer, lambdas: Mapping[str, Any], bt_decode, pad_id: int):
+  """Sum over the objectives in the batch of weight * mean cross-entropy of the target tokens."""
+
+  def seq2seq(params, b, rngs, deterministic):
+    hidden = encoder.apply({"params": params["encoder"]}, b["src_tokens"], b["src_positions"], b["src_langs"],
+                           b["src_segments"], causal=False, deterministic=deterministic, rngs=rngs, method="encode")
+    return decoder.apply({"params": params["decoder"]}, b["tgt_tokens"], b["tgt_positions"], b["tgt_langs"],
+                         b["tgt_segments"], b["pred_index"], hidden, b["src_segments"], deterministic, rngs=rngs,
+                         method=_decoder_logits)
+
+  def loss(params, batch, rng, step, deterministic: bool):
+    total = jnp.zeros((), jnp.float32)
+    stats = {}
+    for k, key in enumerate(sorted(batch)):
+      b = batch[key]
+      rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, k)}
+      if key == "bt":
+        b = back_translated(params, b)
+      logits = seq2seq(params, b, rngs, deterministic)
+      weights = b["pred_weights"]
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, b["pred_targets"])
+      loss_sum, count = jnp.sum(ce * weights), jnp.sum(weights)
+      correct = jnp.sum((jnp.argmax(logits, -1) == b["pred_targets"]) * weights)
+      total = total + lambdas[key](step) * loss_sum / jnp.maximum(count, 1.0)
+      stats.update({f"{key}_loss_sum": loss_sum, f"{key}_count": count, f"{key}_correct": correct})
+    return total, stats
+
+  def back_translated(params, b):
+    """Translate the l1 sentences into l2 with the current model (no gradient, no dropout, greedy, as the
+    reference), then return the (l2 synthetic -> l1 original) training example."""
+    generated = bt_decode(jax.lax.stop_gradient(params), b["tokens"], b["langs1"], b["langs2"])
+    src = generated.tokens
+    tgt = b["tokens"]
+    src_seg = (src != pad_id).astype(jnp.int32)
+    tgt_seg = (tgt != pad_id).astype(jnp.int32)
+    arange = lambda x: jnp.broadcast_to(jnp.arange(x.shape[1], dtype=jnp.int32), x.shape)
+    length = tgt.shape[1]
+    return {"src_tokens": src, "src_positions": arange(src), "src_langs": jnp.broadcast_to(b["langs2"][:, None],
+                                                                                           src.shape),
+            "src_segments": src_seg, "tgt_tokens": tgt, "tgt_positions": arange(tgt),
+            "tgt_langs": jnp.broadcast_to(b["langs1"][:, None], tgt.shape), "tgt_segments": tgt_seg,
+            "pred_index": jnp.broadcast_to(jnp.arange(length - 1, dtype=jnp.int32), (tgt.shape[0], length - 1)),
+            "pred_targets": tgt[:, 1:], "pred_weights": (tgt_seg[:, 1:] > 0).astype(jnp.float32)}
+
+  return loss
+
+
+def _decoder_logits(m, tokens, positions, langs, segments, index, src_hidden, src_segments, deterministic):
+  hidden = m.encode(tokens, positions, langs, segments, causal=True, deterministic=deterministic,
+                    src_hidden=src_hidden, src_segment_ids=src_segments)
+  return m.predict_at(hidden, index)
+
+
+def nmt_flops(enc: TransformerConfig, dec: TransformerConfig):
+  def step_flops(batch) -> float:
+    total = 0.0
+    for key, b in batch.items():
+      if key == "bt":
+        rows, s = b["tokens"].shape
+        t = int(np.floor(decode_lib.BACKTRANSLATION_MAX_LEN[0] * s + decode_lib.BACKTRANSLATION_MAX_LEN[1]))
+        gen = rows * (s * forward_flops_per_token(enc, s) + t * forward_flops_per_token(dec, t, s)
+                      + t * 2 * dec.emb_dim * dec.vocab_size)
+        train = rows * (t * forward_flops_per_token(enc, t) + s * forward_flops_per_token(dec, s, t)
+                        + (s - 1) * 2 * dec.emb_dim * dec.vocab_size)
+        total += gen + 3.0 * train
+      else:
+        rows, s = b["src_tokens"].shape
+        t = b["tgt_tokens"].shape[1]
+        total += 3.0 * rows * (s * forward_flops_per_token(enc, s) + t * forward_flops_per_token(dec, t, s)
+                               + b["pred_index"].shape[1] * 2 * dec.emb_dim * dec.vocab_size)
+    return total
+  return step_flops
+
+
+def nmt_tokens(batch) -> int:
+  n = 0
+  for key, b in batch.items():
+    if key == "bt":
+      n += int(np.sum(np.asarray(b["tokens"]) != 2)) * 2
+    else:
+      n += int(np.sum(np.asarray(b["src_segments"]) > 0) + np.sum(np.asarray(b["tgt_segments"]) > 0))
+  return n
+
+
+def parse_lines(text: str, languages: list[str]) -> dict[str, tuple[int, int]]:
+  """'en:0:14500,fr:14500:29000' -> which training lines each language's monolingual text (AE, BT) may use."""
+  out = {}
+  for item in (x.strip() for x in (text or "").split(",") if x.strip()):
+    parts = item.split(":")
+    if len(parts) != 3 or parts[0] not in languages or not parts[1].isdigit() or not parts[2].isdigit():
+      raise UserError(f"config.nmt.mono_lines entry {item!r} must be '<language>:<first>:<end>' with a language "
+                      f"of {languages}.")
+    out[parts[0]] = (int(parts[1]), int(parts[2]))
+  return out
+
+
+def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
+  """Everything the loop needs; all checks run before anything is written to `workdir`."""
+  specs = parse_nmt_steps(config.nmt.mt_steps, config.nmt.ae_steps, config.nmt.bt_steps)
+  enc_meta, dec_meta, enc_src, dec_src = load_init_bundles(config)
+  if enc_meta is not None and dec_meta is not None:
+    check_bundles_agree(enc_meta, dec_meta)
+  meta = enc_meta or dec_meta
+  languages = list(meta["languages"]) if meta else sorted(parse_list(config.data.languages))
+  for spec in specs:
+    for lang in spec.langs:
+      if lang not in languages:
+        raise UserError(f"{spec.key}_steps names language {lang!r}, which the "
+                        f"{'pretrained model' if meta else 'config'} does not have (it has {languages}).")
+  existing = pretrain.existing_meta(workdir)
+  corpus = pretrain.make_corpus(config, workdir, languages)
+  pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key == "mt"})
+  eval_pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key in ("mt", "bt")})
+  mono_langs = sorted({s.langs[0] for s in specs if s.key in ("ae", "bt")})
+  for a, b in pairs:
+    corpus.para("train", a, b)
+  for a, b in eval_pairs:
+    for split in ("valid", "test"):
+      corpus.para(split, a, b)
+  for lang in mono_langs:
+    corpus.mono("train", lang)
+  if meta is not None:
+    tokenizer = tokenizer_from_state(meta["tokenizer"])
+  elif existing is not None:
+    tokenizer = tokenizer_from_state(existing["tokenizer"])
+  else:
+    tokenizer = pretrain.get_tokenizer(config, workdir, corpus, languages, None, {})
+  enc_cfg, dec_cfg = model_configs(config, meta, tokenizer.vocab_size, len(languages), tokenizer.pad_id)
+  if existing is not None:
+    saved = (existing.get("model"), existing.get("decoder_model"))
+    mine = ({k: v for k, v in enc_cfg.to_dict().items()}, {k: v for k, v in dec_cfg.to_dict().items()})
+    ignore = ("dropout", "attention_dropout", "dtype", "remat")
+    differ = [f"{k}: checkpoint {s[k]!r}, now {m[k]!r}" for s, m in zip(saved, mine) if s
+              for k in m if k not in ignore and s.get(k) != m[k]]
+    if differ or existing.get("task") != "nmt":
+      raise UserError(f"workdir {workdir!r} holds a checkpoint of a different model "
+                      f"({'; '.join(differ) or 'task ' + repr(existing.get('task'))}); use another --workdir.")
+  lang2id = {l: i for i, l in enumerate(languages)}
+  cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
+  many = jax.process_count() > 1
+  para = {p: pretrain.prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len,
+                                   splits=("train", "valid", "test") if p in eval_pairs else ("train",))
+          for p in sorted(set(pairs) | set(eval_pairs))}
+  mono = {l: pretrain.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",)) for l in mono_langs}
+  lines = parse_lines(config.nmt.mono_lines, languages)
+  noise = NoiseConfig(config.nmt.word_shuffle, config.nmt.word_dropout, config.nmt.word_blank, tokenizer.mask_id)
+  src_len, tgt_len, bt_len = int(config.nmt.src_len), int(config.nmt.tgt_len), int(config.nmt.bt_len)
+  entries = []
+  stores: dict = {}
+  for spec in specs:
+    if spec.key == "mt":
+      key = tuple(sorted(spec.langs))
+      if ("train", key) not in stores:
+        stores[("train", key)] = PairStore(para[key], "train", min(src_len, tgt_len) * 2, in_memory=not many)
+      src = MtSource(stores[("train", key)], spec.langs[0] != key[0], lang2id[spec.langs[0]],
+                     lang2id[spec.langs[1]], tokenizer.eos_id)
+      entries.append(NmtEntry(spec, src, (lang2id[spec.langs[0]], lang2id[spec.langs[1]])))
+    else:
+      lang = spec.langs[0]
+      limit = src_len if spec.key == "ae" else bt_len
+      store = SentenceStore(mono[lang], "train", min(limit, tgt_len), in_memory=not many, lines=lines.get(lang))
+      if len(store) == 0:
+        raise UserError(f"no {lang!r} training sentence fits {limit} tokens (config.nmt.src_len / bt_len).")
+      if spec.key == "ae":
+        entries.append(NmtEntry(spec, AeSource(store, lang2id[lang], tokenizer.eos_id, noise), (lang2id[lang],)))
+      else:
+        entries.append(NmtEntry(spec, store, (lang2id[lang], lang2id[spec.langs[1]])))
+  batches = NmtBatches(entries=entries, batch_size=config.data.batch_size, src_len=src_len, tgt_len=tgt_len,
+                       bt_len=bt_len, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=config.seed,
+                       mixing=config.data.mixing, lg_sampling_factor=config.data.lg_sampling_factor,
+                       process_index=jax.process_index(), process_count=jax.process_count(),
+                       group_rows=config.data.pack_rows, pool=config.data.pack_pool)
+  directions = sorted({tuple(s.langs[:2]) for s in specs if s.key in ("mt", "bt")})
+  valid_sources = []
+  for l1, l2 in directions:
+    key = tuple(sorted((l1, l2)))
+    store = PairStore(para[key], "valid", min(src_len, tgt_len) * 2, in_memory=True)
+    valid_sources.append((f"{l1}-{l2}", MtSource(store, l1 != key[0], lang2id[l1], lang2id[l2], tokenizer.eos_id)))
+  eval_sets = batches.eval_batches(valid_sources, config.data.eval_rows)
+
+  encoder, decoder = Transformer(enc_cfg), Transformer(dec_cfg)
+  bt_options = decode_lib.DecodeOptions(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, beam_size=1,
+                                        max_len_a=config.nmt.bt_max_len_a, max_len_b=config.nmt.bt_max_len_b,
+                                        max_len=bt_len)
+  bt_decode = decode_lib.make_decoder(enc_cfg.replace(dropout=0.0, attention_dropout=0.0),
+                                      dec_cfg.replace(dropout=0.0, attention_dropout=0.0), bt_options)
+  lambdas = {k: parse_lambda(getattr(config.nmt, f"lambda_{k}"), f"config.nmt.lambda_{k}") for k in ("mt", "ae", "bt")}
+
+  def init(rng):
+    r1, r2 = jax.random.split(rng)
+    return {"encoder": init_params(enc_cfg, r1), "decoder": init_params(dec_cfg, r2)}
+
+  table_path = os.path.join(workdir, "init_table.txt")
+
+  def init_from(params):
+    placed, table = seed_params(params, enc_src, dec_src, config.init)
+    text = format_table(table)
+    if jax.process_index() == 0:
+      print(text.splitlines()[0] + f" (full table: {table_path})", flush=True)
+      with atomic_write(table_path) as f:
+        f.write(text + "\n")
+    return placed
+
+  references = {}
+  for l1, l2 in directions:
+    split = config.nmt.bleu_split
+    texts = list(corpus.para(split, l1, l2)())[:config.nmt.bleu_sentences or None]
+    references[(l1, l2)] = texts
+
+  def extra_eval(params, step) -> dict:
+    results = {}
+    for (l1, l2), pairs_text in references.items():
+      sources = [s for s, _ in pairs_text]
+      hyps = translate_texts(params, enc_cfg, dec_cfg, tokenizer, sources, l1, l2, languages,
+                             beam_size=config.nmt.beam_size, length_penalty=config.nmt.length_penalty,
+                             early_stopping=config.nmt.early_stopping, max_len_a=config.nmt.eval_max_len_a,
+                             max_len_b=config.nmt.eval_max_len_b)
+      scores = bleu(hyps, [r for _, r in pairs_text], l2)
+      results[f"bleu_{l1}-{l2}"] = scores["bleu"]
+      if "tokenized_bleu" in scores:
+        results[f"tokenized_bleu_{l1}-{l2}"] = scores["tokenized_bleu"]
+      if jax.process_index() == 0:
+        for s, h, (_, r) in list(zip(sources, hyps, pairs_text))[:config.nmt.sample_translations]:
+          print(f"  [{l1}->{l2}] {s}\n      hyp: {h}\n      ref: {r}", flush=True)
+    return results
+
+  signature = bleu(["a"], ["a"], "en")["signature"]
+  meta_out = {"format": ckpt.BUNDLE_FORMAT, "task": "nmt", "architecture": "encoder_decoder",
+              "model": enc_cfg.to_dict(), "decoder_model": dec_cfg.to_dict(), "languages": languages,
+              "tokenizer": tokenizer.state(), "bleu_signature": signature, "bleu_split": config.nmt.bleu_split,
+              "config": json.loads(json.dumps(config.to_dict(), default=str))}
+  task = TrainTask(name="nmt", init_params=init, loss=make_loss(encoder, decoder, lambdas, bt_decode,
+                                                                tokenizer.pad_id),
+                   batches=batches, eval_sets=eval_sets, meta=meta_out, step_flops=nmt_flops(enc_cfg, dec_cfg),
+                   step_tokens=nmt_tokens, compute_dtype=enc_cfg.dtype, extra_eval=extra_eval,
+                   init_from=init_from)
+  context = {"tokenizer": tokenizer, "languages": languages, "encoder_config": enc_cfg, "decoder_config": dec_cfg,
+             "references": references}
+  return task, context
+
+
+def run(config, workdir: str, devices=None):
+  """Train the NMT model as `config` says, in `workdir` (resuming when it holds a checkpoint)."""
+  mesh = parallel.make_mesh(config.mesh.to_dict(), devices)
+  task, _ = build_task(config, workdir, mesh)
+  return train(task, config, workdir, mesh)
