@@ -76,14 +76,18 @@ def pack_group(examples: Sequence[Example], n_rows: int, length: int) -> list[li
 class PairStore:
   """Random access to the sentence pairs of one prepared language pair and split (in memory when small).
 
-  Pairs whose TLM example would not fit a row of `max_tokens` are excluded up front (`n_too_long` counts them).
+  Pairs whose TLM example would not fit a row of `max_tokens` (or, with `max_side`, whose longer framed sentence
+  exceeds it) are excluded up front (`n_too_long` counts them).
   """
 
-  def __init__(self, data: PreparedText, split: str, max_tokens: int, in_memory: bool = True):
+  def __init__(self, data: PreparedText, split: str, max_tokens: int, in_memory: bool = True,
+               max_side: int | None = None):
     self._data = data
     self._split = split
     lengths = data.lengths(split).astype(np.int64)  # [N, 2]
     fits = lengths.sum(1) + 4 <= max_tokens
+    if max_side is not None:  # NMT: each framed side must fit its own row (source row, target row)
+      fits &= lengths.max(1) + 2 <= max_side
     self.index = np.flatnonzero(fits)
     self.n_too_long = int((~fits).sum())
     self.mean_tokens = float((lengths.sum(1) + 4)[fits].mean()) if fits.any() else 0.0

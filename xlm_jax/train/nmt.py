@@ -293,7 +293,8 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
     if spec.key == "mt":
       key = tuple(sorted(spec.langs))
       if ("train", key) not in stores:
-        stores[("train", key)] = PairStore(para[key], "train", min(src_len, tgt_len) * 2, in_memory=not many)
+        stores[("train", key)] = PairStore(para[key], "train", src_len + tgt_len, in_memory=not many,
+                                           max_side=min(src_len, tgt_len))
       src = MtSource(stores[("train", key)], spec.langs[0] != key[0], lang2id[spec.langs[0]],
                      lang2id[spec.langs[1]], tokenizer.eos_id)
       entries.append(NmtEntry(spec, src, (lang2id[spec.langs[0]], lang2id[spec.langs[1]])))
@@ -316,7 +317,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   valid_sources = []
   for l1, l2 in directions:
     key = tuple(sorted((l1, l2)))
-    store = PairStore(para[key], "valid", min(src_len, tgt_len) * 2, in_memory=True)
+    store = PairStore(para[key], "valid", src_len + tgt_len, in_memory=True, max_side=min(src_len, tgt_len))
     valid_sources.append((f"{l1}-{l2}", MtSource(store, l1 != key[0], lang2id[l1], lang2id[l2], tokenizer.eos_id)))
   eval_sets = batches.eval_batches(valid_sources, config.data.eval_rows)
 
