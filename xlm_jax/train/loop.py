@@ -194,13 +194,19 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
       writer.log(f"eval step {step}: " + format_metrics(results))
       return results
 
+    saved_steps = set()
+
     def save(step: int, force: bool = False) -> None:
+      if step in saved_steps or checkpointer.latest_step() == step:
+        return
+      saved_steps.add(step)
       meta = dict(task.meta, step=step, metrics={k: v for k, v in last_eval.items()})
       train_part = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
       checkpointer.save(step, state.params, meta, train=train_part, data={"next_step": step,
                                                                          "fingerprint": task.batches.fingerprint()},
                         force=force)
 
+    stop_requested = StopSignal()
     from xlm_jax.data.pipeline import DataIterator, batch_checksum
     iterator = DataIterator(task.batches, start_step)
     checksums = open(f"{workdir}/batch_checksums.jsonl", "a") if config.log.batch_checksums and writer.enabled \
@@ -227,7 +233,7 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
           save(step)
         if config.log.eval_every and step % config.log.eval_every == 0 and step < total_steps:
           last_eval = run_eval(step)
-        if checkpointer.reached_preemption(step):
+        if checkpointer.reached_preemption(step) or stop_requested(step, config.log.every):
           writer.log(f"preemption notice at step {step}: saving and stopping")
           save(step, force=True)
           checkpointer.wait()
@@ -236,16 +242,54 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
         _account(pending, window, writer, config, peak_total, final=True)
       if latest is None or start_step < total_steps or not last_eval:
         last_eval = run_eval(total_steps)
-      if checkpointer.latest_step() != total_steps:
-        save(total_steps, force=True)
+      save(total_steps, force=True)
       checkpointer.wait()
     finally:
+      stop_requested.restore()
       iterator.close()
       if checksums is not None:
         checksums.close()
       checkpointer.close()
       writer.close()
   return TrainResult(last_eval, state)
+
+
+class StopSignal:
+  """SIGTERM / SIGUSR1 (SLURM's advance notice, a scheduler's preemption) ask the loop to checkpoint and stop.
+
+  Single process: checked every step. Several processes must agree on the step they stop at (a checkpoint is a
+  collective), so there the flags are all-gathered every `every` steps and any process's request stops all.
+  """
+
+  SIGNALS = ("SIGTERM", "SIGUSR1")
+
+  def __init__(self):
+    import signal
+    import threading
+    self.requested = False
+    self._previous = {}
+    if threading.current_thread() is threading.main_thread():
+      for name in self.SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+          self._previous[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __call__(self, step: int, every: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if step % max(every, 1):
+      return False
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
+    return bool(np.any(flags))
+
+  def restore(self):
+    import signal
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def _account(pending, window, writer: MetricsWriter, config, peak_total: float, final: bool = False) -> None:
