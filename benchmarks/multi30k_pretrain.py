@@ -2,6 +2,8 @@
 
   python benchmarks/multi30k_pretrain.py --workdir runs/m30k --out benchmarks/results/multi30k.json [--steps N]
 
+The data folder is configs/multi30k.py's default (../shared/data/multi30k; $XLM_JAX_MULTI30K overrides it).
+
 1. Pretrains `configs/multi30k.py:tiny` (MLM on en, fr, de + TLM on en-fr, fr-en, en-de, de-en).
 2. Packing: the share of real (non-pad) tokens in packed en-fr TLM rows at the config's one fixed shape, against
    one pair per row padded to the longest row of a 16-row batch, and padded to the fixed length.
@@ -67,13 +69,15 @@ def tlm_effect(workdir: str, context, length: int) -> dict:
   return out
 
 
-def czech_runs(root: str, steps: int, tokenizer_from: str) -> dict:
+def czech_runs(root: str, steps: int, tokenizer_from: str, variant: str, only: str = "") -> dict:
   results = {}
   for name, langs in (("cs_alone", "cs"), ("cs_plus_en_de_fr", "cs,de,en,fr")):
-    c = get_config("tiny")
+    if only and name != only:
+      continue
+    c = get_config(variant)
     c.data.languages = langs
     c.data.mlm_steps = langs
-    c.data.max_sentences = "cs:2000"
+    c.data.mono_lines = "cs:2000"
     c.data.tokenizer = tokenizer_from
     c.train.steps = steps
     c.log.eval_every = 0
@@ -86,15 +90,16 @@ def czech_runs(root: str, steps: int, tokenizer_from: str) -> dict:
   return results
 
 
-def shared_tokenizer(root: str) -> str:
+def shared_tokenizer(root: str, variant: str) -> str:
   """One tokenizer for both Czech runs (trained on 2,000 cs + en/de/fr), so their perplexities compare."""
   from xlm_jax.tokenizer import train_sentencepiece
-  from xlm_jax.train.pretrain import capped
+  from xlm_jax.train.pretrain import line_window
   path = os.path.join(root, "tokenizer_cs_de_en_fr.json")
   if not os.path.exists(path):
-    c = get_config("tiny")
+    c = get_config(variant)
     corpus = pretrain.make_corpus(c, root, ["cs", "de", "en", "fr"])
-    texts = {l: capped(corpus.mono("train", l), 2000 if l == "cs" else None) for l in ("cs", "de", "en", "fr")}
+    texts = {l: line_window(corpus.mono("train", l), (0, 2000) if l == "cs" else None)
+             for l in ("cs", "de", "en", "fr")}
     tok = train_sentencepiece(texts, c.data.vocab_size, alpha=0.5, n_sentences=200000)
     os.makedirs(root, exist_ok=True)
     with open(path, "w") as f:
@@ -105,13 +110,25 @@ def shared_tokenizer(root: str) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default="runs/m30k")
+  parser.add_argument("--variant", default="tiny", help="configs/multi30k.py variant")
+  parser.add_argument("--only-czech", default="", help="run only this Czech run (cs_alone / cs_plus_en_de_fr)")
   parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the tiny config's)")
   parser.add_argument("--czech-steps", type=int, default=1500)
   parser.add_argument("--skip-czech", action="store_true")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
 
-  config = get_config("tiny")
+  from xlm_jax.cli import enable_compilation_cache
+  enable_compilation_cache("~/.cache/xlm_jax/jit")
+  if args.only_czech:
+    result = czech_runs(args.workdir, args.czech_steps, shared_tokenizer(args.workdir, args.variant), args.variant,
+                        args.only_czech)
+    print(json.dumps(result, indent=1))
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    return
+  config = get_config(args.variant)
   config.log.progress_bar = False
   if args.steps:
     config.train.steps = args.steps
@@ -121,12 +138,17 @@ def main():
   train_seconds = time.time() - t
   mesh = parallel.make_mesh(config.mesh.to_dict())
   _, context = pretrain.build_task(config, pre_dir, mesh)
-  result = {"config": "configs/multi30k.py:tiny", "steps": int(config.train.steps), "seconds": train_seconds,
+  result = {"config": f"configs/multi30k.py:{args.variant}", "steps": int(config.train.steps), "seconds": train_seconds,
             "final_eval": metrics, "packing": packing_stats(context, config.data.bptt, config.data.pack_rows,
                                                        config.data.pack_pool),
             "tlm_context": tlm_effect(pre_dir, context, config.data.bptt)}
+  import platform
+  import jax
+  result["command"] = "python " + " ".join(sys.argv)
+  result["machine"] = f"{jax.devices()[0].device_kind}, {os.cpu_count()} cpus, {platform.machine()}, jax {jax.__version__}"
   if not args.skip_czech:
-    result["czech"] = czech_runs(args.workdir, args.czech_steps, shared_tokenizer(args.workdir))
+    result["czech"] = czech_runs(args.workdir, args.czech_steps, shared_tokenizer(args.workdir, args.variant),
+                                 args.variant)
     result["czech"]["steps"] = args.czech_steps
   print(json.dumps(result, indent=1))
   if args.out:

@@ -110,6 +110,7 @@ def main():
       "compile_s": compile_s,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "machine": f"{platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__}",
+      "command": "python " + " ".join(sys.argv),
   }
   print(f"{result['config']}: d={cfg.emb_dim} L={cfg.n_layers} V={cfg.vocab_size} {cfg.dtype}, batch "
         f"{config.data.batch_size}x{config.data.bptt}")

@@ -1,10 +1,12 @@
 """MLM + TLM pretraining on Multi30k (en, fr, de): real text, CPU-sized models.
 
   python main.py --config=configs/multi30k.py:tiny --workdir=runs/m30k_tiny      # minutes on 2 CPU cores
+  python main.py --config=configs/multi30k.py:small --workdir=runs/m30k_small    # minutes on one GPU
   python main.py --config=configs/multi30k.py:base --workdir=runs/m30k_base      # hours on CPU; minutes on a GPU
   ... --config.data.corpus=/path/to/multi30k                                      # another copy of the data
 
-The data directory defaults to `../shared/data/multi30k` next to this repository (gzip files
+The data directory defaults to `../shared/data/multi30k` next to this repository ($XLM_JAX_MULTI30K overrides it,
+as does --config.data.corpus; gzip files
 `{train,val,test_2016_flickr}.{en,de,fr,cs}.gz`, every language a line-by-line translation of the others). Each
 language's file is used as monolingual text (MLM) and aligned with the others for TLM pairs.
 """
@@ -12,10 +14,11 @@ import os
 
 from xlm_jax.config_base import base_config
 
-DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                                     "multi30k"))
+DATA = os.environ.get("XLM_JAX_MULTI30K") or os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "multi30k"))
 VARIANTS = {
     "tiny": dict(emb_dim=128, n_layers=2, n_heads=4, vocab=4000, steps=2000, batch=16, bptt=128),
+    "small": dict(emb_dim=256, n_layers=4, n_heads=8, vocab=8000, steps=6000, batch=32, bptt=128),
     "base": dict(emb_dim=512, n_layers=6, n_heads=8, vocab=10000, steps=50000, batch=64, bptt=128),
 }
 
@@ -42,10 +45,10 @@ def get_config(arg: str | None = None):
   c.model.n_heads = v["n_heads"]
   c.model.dtype = "bfloat16"
   c.train.steps = v["steps"]
-  c.train.lr = 5e-4 if name == "tiny" else 2e-4
-  c.train.warmup_steps = 400 if name == "tiny" else 4000
+  c.train.lr = {"tiny": 5e-4, "small": 3e-4}.get(name, 2e-4)
+  c.train.warmup_steps = {"tiny": 400, "small": 1000}.get(name, 4000)
   c.train.clip_grad_norm = 1.0
-  c.checkpoint.every = 1000 if name == "tiny" else 5000
+  c.checkpoint.every = {"tiny": 1000, "small": 2000}.get(name, 5000)
   c.log.every = 100
-  c.log.eval_every = 1000 if name == "tiny" else 5000
+  c.log.eval_every = {"tiny": 1000, "small": 2000}.get(name, 5000)
   return c

@@ -58,7 +58,7 @@ def get_config(arg: str | None = None):
     else:
       c.nmt.ae_steps = "en,fr"
       c.nmt.bt_steps = "en-fr-en,fr-en-fr"
-      c.nmt.mono_lines = "en:0:14500,fr:14500:29000"
+      c.data.mono_lines = "en:0:14500,fr:14500:29000"
       c.nmt.word_shuffle, c.nmt.word_dropout, c.nmt.word_blank = 3.0, 0.1, 0.1
       c.nmt.lambda_ae = "0:1,4000:0.1"
   else:

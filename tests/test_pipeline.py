@@ -126,3 +126,22 @@ def test_unknown_step_language_is_refused(setup):
   _, tok, _, prepared = setup
   with pytest.raises(UserError, match="'zz'"):
     make_batches(prepared, tok, steps="xa,zz")
+
+
+def test_frequency_smoothed_masking_scores_come_from_the_training_data(setup):
+  import dataclasses
+  from xlm_jax.data.masking import frequency_scores
+  from xlm_jax.train.pretrain import masking_scores
+  _, tok, _, prepared = setup
+  masking = MaskingConfig(tok.vocab_size, tok.mask_id, 6)
+  assert masking_scores(masking, [prepared["xa"]]) is None  # sample_alpha == 0: uniform masking
+  counts = prepared["xa"].token_counts("train", tok.vocab_size)
+  expected = np.bincount(np.concatenate(prepared["xa"].read_all("train")), minlength=tok.vocab_size)
+  np.testing.assert_array_equal(counts, expected)
+  assert os.path.exists(os.path.join(prepared["xa"].path, "counts.train.npy"))  # computed once, then read
+  np.testing.assert_array_equal(prepared["xa"].token_counts("train", tok.vocab_size), expected)
+  smoothed = dataclasses.replace(masking, sample_alpha=0.5)
+  scores = masking_scores(smoothed, [prepared["xa"], prepared["xb"]])
+  both = expected + prepared["xb"].token_counts("train", tok.vocab_size)
+  np.testing.assert_allclose(scores, frequency_scores(both, 0.5, 6))
+  assert np.all(scores[:6] == 0) and scores[6:].min() > 0

@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.aligned = False               # folder's {split}.{lang} files translate each other line by line (Multi30k)
   c.data.split_names = ""              # folder file prefixes per split, e.g. 'valid:val,test:test_2016_flickr'
   c.data.tfds_data_dir = ""            # where prepared TFDS datasets live ('' = TFDS's default)
-  c.data.max_sentences = ""            # cap on training sentences per language, e.g. 'cs:2000' ('' = all)
+  c.data.mono_lines = ""               # training lines of monolingual text per language: 'cs:2000' (the first
+                                       # 2,000) or 'en:0:14500,fr:14500:29000' (ranges); '' = all lines
   c.data.tokenizer = ""                # reuse the tokenizer of a bundle/workdir or a tokenizer.json ('' = train one)
   c.data.languages = "xa,xb,xc"        # comma-separated codes; language ids are their alphabetical order
   c.data.generated_sizes = ml_collections.ConfigDict(dict(n_mono=20000, n_para=10000, n_valid=500, n_test=500))
@@ -76,7 +77,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.nmt.word_shuffle = 0.0             # AE noise (reference UNMT: 3, 0.1, 0.1)
   c.nmt.word_dropout = 0.0
   c.nmt.word_blank = 0.0
-  c.nmt.mono_lines = ""                # training lines for AE/BT per language, e.g. 'en:0:14500,fr:14500:29000'
   c.nmt.src_len = 64                   # packed source row length
   c.nmt.tgt_len = 64                   # packed target row length
   c.nmt.bt_len = 48                    # back-translation: sentence row length (and generated length cap)

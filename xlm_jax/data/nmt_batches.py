@@ -86,14 +86,9 @@ def parse_nmt_steps(mt: str, ae: str, bt: str) -> list[NmtSpec]:
 class SentenceStore:
   """Random access to the sentences of one prepared monolingual dataset split, framed length <= max_tokens."""
 
-  def __init__(self, data: PreparedText, split: str, max_tokens: int, in_memory: bool = True,
-               lines: tuple[int, int] | None = None):
+  def __init__(self, data: PreparedText, split: str, max_tokens: int, in_memory: bool = True):
     lengths = data.lengths(split).astype(np.int64)
     ok = lengths + 2 <= max_tokens
-    if lines is not None:
-      window = np.zeros_like(ok)
-      window[lines[0]:lines[1]] = True
-      ok &= window
     self.index = np.flatnonzero(ok)
     self._data, self._split = data, split
     self.mean_tokens = float((lengths[ok] + 2).mean()) if ok.any() else 0.0

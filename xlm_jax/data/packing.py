@@ -62,14 +62,15 @@ def pack_group(examples: Sequence[Example], n_rows: int, length: int) -> list[li
   when every row is full are skipped); benchmarks/multi30k_pretrain.py measures both.
   """
   rows: list[list[Example]] = [[] for _ in range(n_rows)]
-  used = np.zeros(n_rows, np.int64)
-  order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))
+  used = [0] * n_rows  # plain ints: a numpy search per example costs more than this loop over a few rows
+  order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))  # stable: ties keep draw order
   for i in order:
     n = len(examples[i][0])
-    fits = np.flatnonzero(used + n <= length)
-    if fits.size:
-      rows[fits[0]].append(examples[i])
-      used[fits[0]] += n
+    for r in range(n_rows):
+      if used[r] + n <= length:
+        rows[r].append(examples[i])
+        used[r] += n
+        break
   return rows
 
 

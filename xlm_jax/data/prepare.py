@@ -5,8 +5,10 @@ splits the source has. A dataset lives in `cache_dir/<name>-<key>/`, where the k
 size, mtime), the tokenizer fingerprint and the preparation settings: it is rebuilt exactly when one of them
 changes. Preparation streams (one sentence in memory at a time, plus a 4-byte length per sentence).
 
-`manifest.json` beside it records, per split: sentences kept, tokens, <unk> count, and lines dropped with the
-reason (`empty`, `too_long`), so nothing is filtered silently.
+`manifest.json` beside it records, per split: lines read, sentences kept, tokens, <unk> count, and lines dropped
+with the reason (`empty`, `too_long`), so nothing is filtered silently (`lines == sentences + sum(dropped)`).
+Monolingual data has no length limit (streams cut rows across sentences, as the reference's StreamDataset);
+pairs longer than `max_len` tokens on either side are dropped, as the reference does for TLM and MT.
 """
 from __future__ import annotations
 
@@ -67,14 +69,44 @@ def _builder_class():
   return TokenizedText
 
 
+BULK_READ = 64  # reads of at least this many records go through ArrayRecord's (thread-pooled) bulk read
+
+
+def _example_decoder(n_fields: int) -> Callable[[bytes], object] | None:
+  """Token ids straight from a record's serialized tf.train.Example (what TFDS's ArrayRecord files hold), or None
+  when TFDS's proto module is not where it is expected."""
+  try:
+    from tensorflow_datasets.proto import tf_example_pb2
+  except ImportError:
+    return None
+  parse = tf_example_pb2.Example.FromString
+
+  def ids(features, name: str) -> np.ndarray:
+    return np.fromiter(features[name].int64_list.value, np.int32)
+
+  if n_fields == 1:
+    return lambda raw: ids(parse(raw).features.feature, "ids")
+
+  def pair(raw: bytes):
+    features = parse(raw).features.feature
+    return ids(features, "ids1"), ids(features, "ids2")
+
+  return pair
+
+
 @dataclasses.dataclass
 class PreparedText:
-  """A prepared dataset: random access to token ids by split, plus per-sentence lengths and the manifest."""
+  """A prepared dataset: random access to token ids by split, plus per-sentence lengths and the manifest.
+
+  Reads decode the raw records themselves (about 3x faster than TFDS's generic decoding, and no thread pool per
+  call, which costs ~0.5 ms); the fast path is checked against TFDS's decoding on a split's first record and
+  TFDS's is used when they differ. Safe to read from several threads."""
 
   path: str
   n_fields: int
   manifest: dict
   _sources: dict = dataclasses.field(default_factory=dict)
+  _readers: dict = dataclasses.field(default_factory=dict)
 
   def splits(self) -> list[str]:
     return sorted(self.manifest["splits"])
@@ -84,22 +116,71 @@ class PreparedText:
     return np.load(os.path.join(self.path, f"lengths.{split}.npy"))
 
   def source(self, split: str):
+    """TFDS's random-access data source of `split` (records decoded to {'ids'} or {'ids1', 'ids2'})."""
     if split not in self._sources:
       builder = _builder_class()(n_fields=self.n_fields, data_dir=self.path, file_format="array_record")
       self._sources[split] = builder.as_data_source(split=split)
     return self._sources[split]
 
+  def _fields(self, example: Mapping):
+    return example["ids"] if self.n_fields == 1 else (example["ids1"], example["ids2"])
+
+  def _reader(self, split: str):
+    """(raw ArrayRecord source, decoder) of `split`, or None to decode through TFDS."""
+    if split not in self._readers:
+      source = self.source(split)
+      raw, decode = getattr(source, "data_source", None), _example_decoder(self.n_fields)
+      fast = None
+      if raw is not None and decode is not None and len(source):
+        try:
+          mine, theirs = decode(raw[0]), self._fields(source[0])
+          if self.n_fields == 1:
+            mine, theirs = (mine,), (theirs,)
+          same = all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(mine, theirs))
+          fast = (raw, decode) if same else None
+        except Exception:  # any surprise in TFDS's internals: keep its own decoding
+          fast = None
+      self._readers[split] = fast
+    return self._readers[split]
+
   def read(self, split: str, indices: Sequence[int]) -> list:
-    """Token-id arrays (or pairs of arrays) for `indices`, in that order."""
+    """Token-id arrays (int32; pairs of arrays when n_fields == 2) for `indices`, in that order."""
     if len(indices) == 0:
       return []
-    examples = self.source(split).__getitems__([int(i) for i in indices])
-    if self.n_fields == 1:
-      return [e["ids"] for e in examples]
-    return [(e["ids1"], e["ids2"]) for e in examples]
+    keys = [int(i) for i in indices]
+    reader = self._reader(split)
+    if reader is None:
+      return [self._fields(e) for e in self.source(split).__getitems__(keys)]
+    raw, decode = reader
+    records = raw.__getitems__(keys) if len(keys) >= BULK_READ else [raw[k] for k in keys]
+    return [decode(r) for r in records]
 
   def read_all(self, split: str) -> list:
     return self.read(split, range(len(self.source(split))))
+
+  def token_counts(self, split: str, vocab_size: int, chunk: int = 4096) -> np.ndarray:
+    """[vocab_size] int64: occurrences of each token id in `split` (both sides of pairs), for frequency-smoothed
+    masking. Computed by one pass over the records on first use and kept as `counts.{split}.npy` in the dataset's
+    folder (written atomically: concurrent processes may both compute it, with the same result)."""
+    path = os.path.join(self.path, f"counts.{split}.npy")
+    if os.path.exists(path):
+      counts = np.load(path)
+    else:
+      counts = np.zeros(vocab_size, np.int64)
+      n = len(self.source(split))
+      for start in range(0, n, chunk):
+        records = self.read(split, range(start, min(start + chunk, n)))
+        ids = [x for r in records for x in ((r,) if self.n_fields == 1 else r)]
+        found = np.bincount(np.concatenate(ids), minlength=vocab_size) if ids else counts[:0]
+        if len(found) > len(counts):
+          counts = np.pad(counts, (0, len(found) - len(counts)))
+        counts[:len(found)] += found
+      with atomic_write(path, "wb") as f:
+        np.save(f, counts)
+    if len(counts) > vocab_size:
+      raise UserError(f"{self.path}: token ids up to {len(counts) - 1} do not fit a vocabulary of {vocab_size}; the "
+                      "dataset was prepared with another tokenizer (delete it to prepare it again).")
+    return np.pad(counts, (0, vocab_size - len(counts)))
 
 
 def _key(parts: Mapping) -> str:
@@ -112,9 +193,11 @@ def prepare(name: str, cache_dir: str, split_texts: Mapping[str, Callable[[], It
             validate: Callable[[], None] | None = None) -> PreparedText:
   """Tokenise `split_texts` (split -> callable giving sentences, or pairs when n_fields == 2) unless cached.
 
-  Lines that are empty (after stripping) and, when `max_len > 0`, lines longer than `max_len` tokens are dropped
-  and counted in the manifest; for pairs, a pair is dropped when either side is. `encode` may be one function or
-  one per field (each side of a pair has its own language). `validate` runs first, only when building.
+  Lines that are empty (blank after stripping, or no token after encoding) and, when `max_len > 0`, lines longer
+  than `max_len` tokens are dropped and counted in the manifest (`dropped.empty`, `dropped.too_long`; a line is
+  counted once, as empty if it is both); for pairs, a pair is dropped when either side is. `encode` may be one
+  function or one per field (each side of a pair has its own language). `validate` runs first, only when
+  building.
   """
   encoders = list(encode) if isinstance(encode, (list, tuple)) else [encode] * n_fields
   key = _key({"fingerprint": dict(fingerprint), "max_len": max_len, "n_fields": n_fields,
@@ -140,6 +223,9 @@ def prepare(name: str, cache_dir: str, split_texts: Mapping[str, Callable[[], It
         s["dropped"]["empty"] += 1
         continue
       ids = [np.asarray(enc(t), np.int32) for enc, t in zip(encoders, texts)]
+      if any(len(x) == 0 for x in ids):  # e.g. only characters the normaliser removes
+        s["dropped"]["empty"] += 1
+        continue
       if max_len > 0 and any(len(x) > max_len for x in ids):
         s["dropped"]["too_long"] += 1
         continue

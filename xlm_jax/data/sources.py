@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 import os
 from typing import Callable, Iterator, Sequence
 
@@ -51,8 +52,14 @@ def file_fingerprint(paths: Sequence[str]) -> str:
 
 
 def _zip_lines(p1: str, p2: str) -> Iterator[tuple[str, str]]:
-  """Aligned lines of two files (their line counts were checked to be equal)."""
-  return zip(read_lines(p1), read_lines(p2))
+  """Aligned lines of two files. Trap: `zip` would stop silently at the shorter file; when one file ends before
+  the other, this raises the `check_aligned` error (both files, both counts) instead."""
+  for a, b in itertools.zip_longest(read_lines(p1), read_lines(p2)):
+    if a is None or b is None:
+      check_aligned(p1, p2)  # raises, naming both counts, unless a file changed while being read
+      raise UserError(f"parallel files {p1} and {p2} changed while being read; read them again when they are "
+                      "complete.")
+    yield a, b
 
 
 def check_aligned(p1: str, p2: str) -> None:
@@ -60,7 +67,7 @@ def check_aligned(p1: str, p2: str) -> None:
   n1, n2 = count_lines(p1), count_lines(p2)
   if n1 != n2:
     raise UserError(f"parallel files differ in length: {p1} has {n1} lines, {p2} has {n2}; line i of one must "
-                    "translate line i of the other.")
+                    "translate line i of the other, so re-align them (or drop the pair from the step specs).")
 
 
 @dataclasses.dataclass(frozen=True)

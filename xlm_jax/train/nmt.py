@@ -198,13 +198,12 @@ def nmt_flops(enc: TransformerConfig, dec: TransformerConfig):
     total = 0.0
     for key, b in batch.items():
       if key == "bt":
+        # the training pass on the back-translated pair only: generation stops as soon as every sentence has
+        # ended, so its cost is data-dependent and not counted (MFU stays a lower bound for BT steps)
         rows, s = b["tokens"].shape
-        t = int(np.floor(decode_lib.BACKTRANSLATION_MAX_LEN[0] * s + decode_lib.BACKTRANSLATION_MAX_LEN[1]))
-        gen = rows * (s * forward_flops_per_token(enc, s) + t * forward_flops_per_token(dec, t, s)
-                      + t * 2 * dec.emb_dim * dec.vocab_size)
-        train = rows * (t * forward_flops_per_token(enc, t) + s * forward_flops_per_token(dec, s, t)
-                        + (s - 1) * 2 * dec.emb_dim * dec.vocab_size)
-        total += gen + 3.0 * train
+        t = s  # generated sources are at most bt_len long (DecodeOptions.max_len)
+        total += 3.0 * rows * (t * forward_flops_per_token(enc, t) + s * forward_flops_per_token(dec, s, t)
+                               + (s - 1) * 2 * dec.emb_dim * dec.vocab_size)
       else:
         rows, s = b["src_tokens"].shape
         t = b["tgt_tokens"].shape[1]
@@ -222,18 +221,6 @@ def nmt_tokens(batch) -> int:
     else:
       n += int(np.sum(np.asarray(b["src_segments"]) > 0) + np.sum(np.asarray(b["tgt_segments"]) > 0))
   return n
-
-
-def parse_lines(text: str, languages: list[str]) -> dict[str, tuple[int, int]]:
-  """'en:0:14500,fr:14500:29000' -> which training lines each language's monolingual text (AE, BT) may use."""
-  out = {}
-  for item in (x.strip() for x in (text or "").split(",") if x.strip()):
-    parts = item.split(":")
-    if len(parts) != 3 or parts[0] not in languages or not parts[1].isdigit() or not parts[2].isdigit():
-      raise UserError(f"config.nmt.mono_lines entry {item!r} must be '<language>:<first>:<end>' with a language "
-                      f"of {languages}.")
-    out[parts[0]] = (int(parts[1]), int(parts[2]))
-  return out
 
 
 def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
@@ -266,7 +253,8 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   elif existing is not None:
     tokenizer = tokenizer_from_state(existing["tokenizer"])
   else:
-    tokenizer = pretrain.get_tokenizer(config, workdir, corpus, languages, None, {})
+    tokenizer = pretrain.get_tokenizer(config, workdir, corpus, languages, None,
+                                       pretrain.parse_line_windows(config.data.mono_lines, languages))
   enc_cfg, dec_cfg = model_configs(config, meta, tokenizer.vocab_size, len(languages), tokenizer.pad_id)
   if existing is not None:
     saved = (existing.get("model"), existing.get("decoder_model"))
@@ -283,8 +271,9 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   para = {p: pretrain.prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len,
                                    splits=("train", "valid", "test") if p in eval_pairs else ("train",))
           for p in sorted(set(pairs) | set(eval_pairs))}
-  mono = {l: pretrain.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",)) for l in mono_langs}
-  lines = parse_lines(config.nmt.mono_lines, languages)
+  windows = pretrain.parse_line_windows(config.data.mono_lines, languages)
+  mono = {l: pretrain.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",), lines=windows.get(l))
+          for l in mono_langs}
   noise = NoiseConfig(config.nmt.word_shuffle, config.nmt.word_dropout, config.nmt.word_blank, tokenizer.mask_id)
   src_len, tgt_len, bt_len = int(config.nmt.src_len), int(config.nmt.tgt_len), int(config.nmt.bt_len)
   entries = []
@@ -301,7 +290,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
     else:
       lang = spec.langs[0]
       limit = src_len if spec.key == "ae" else bt_len
-      store = SentenceStore(mono[lang], "train", min(limit, tgt_len), in_memory=not many, lines=lines.get(lang))
+      store = SentenceStore(mono[lang], "train", min(limit, tgt_len), in_memory=not many)
       if len(store) == 0:
         raise UserError(f"no {lang!r} training sentence fits {limit} tokens (config.nmt.src_len / bt_len).")
       if spec.key == "ae":

@@ -19,7 +19,7 @@ from xlm_jax import checkpoint as ckpt
 from xlm_jax import parallel
 from xlm_jax.config_base import parse_list
 from xlm_jax.data import sources as sources_lib
-from xlm_jax.data.masking import MaskingConfig
+from xlm_jax.data.masking import MaskingConfig, frequency_scores
 from xlm_jax.data.packing import PairDirection, PairStore
 from xlm_jax.data.pipeline import Entry, PackedPairRows, PretrainBatches, StepSpec, StreamRows, parse_steps
 from xlm_jax.data.prepare import PreparedText, prepare
@@ -72,22 +72,28 @@ def make_corpus(config, workdir: str, languages: list[str]):
                                  split_names=config.data.split_names, tfds_data_dir=config.data.tfds_data_dir)
 
 
-def parse_caps(text: str, languages: list[str]) -> dict[str, int]:
-  """'cs:2000,fr:500' -> {'cs': 2000, 'fr': 500}."""
-  caps = {}
+def parse_line_windows(text: str, languages: list[str]) -> dict[str, tuple[int, int]]:
+  """`config.data.mono_lines`: 'cs:2000' (the first 2,000 lines) or 'en:0:14500,fr:14500:29000' (line ranges)
+  -> {lang: (first, end)}: which training lines of a language's monolingual text are used."""
+  windows = {}
   for item in (x.strip() for x in (text or "").split(",") if x.strip()):
-    lang, _, n = item.partition(":")
-    if lang not in languages or not n.strip().isdigit():
-      raise UserError(f"config.data.max_sentences entry {item!r} must be '<language>:<count>' with a language of "
-                      f"{languages}.")
-    caps[lang] = int(n)
-  return caps
+    parts = item.split(":")
+    numbers = parts[1:]
+    if parts[0] not in languages or len(numbers) not in (1, 2) or not all(n.isdigit() for n in numbers):
+      raise UserError(f"config.data.mono_lines entry {item!r} must be '<language>:<count>' or "
+                      f"'<language>:<first>:<end>' with a language of {languages}.")
+    first, end = (0, int(numbers[0])) if len(numbers) == 1 else (int(numbers[0]), int(numbers[1]))
+    if end <= first:
+      raise UserError(f"config.data.mono_lines entry {item!r}: the range is empty.")
+    windows[parts[0]] = (first, end)
+  return windows
 
 
-def capped(texts, cap: int | None):
-  if cap is None:
+def line_window(texts, window: tuple[int, int] | None):
+  """Only lines first..end-1 of a text source (all lines without a window)."""
+  if window is None:
     return texts
-  return lambda: itertools.islice(texts(), cap)
+  return lambda: itertools.islice(texts(), window[0], window[1])
 
 
 def load_tokenizer(path: str) -> Tokenizer:
@@ -115,21 +121,24 @@ def load_tokenizer(path: str) -> Tokenizer:
 
 
 def get_tokenizer(config, workdir: str, corpus, languages: list[str], meta: Mapping | None,
-                  caps: Mapping[str, int]) -> Tokenizer:
+                  windows: Mapping[str, tuple[int, int]]) -> Tokenizer:
   """The checkpoint's tokenizer when resuming; else `config.data.tokenizer`; else the workdir's; else train one
   on the training text (language-balanced) and keep it in the workdir."""
+  origin = "the tokenizer of this workdir's checkpoint"
   if meta is not None:
     tok = tokenizer_from_state(meta["tokenizer"])
   elif config.data.tokenizer:
     tok = load_tokenizer(config.data.tokenizer)
+    origin = f"the tokenizer {config.data.tokenizer!r} (config.data.tokenizer)"
   else:
+    origin = "the workdir's tokenizer.json"
     path = os.path.join(workdir, "tokenizer.json")
 
     def train_or_read() -> Tokenizer:
       if os.path.exists(path):
         with open(path) as f:
           return tokenizer_from_state(json.load(f))
-      texts = {lang: capped(corpus.mono("train", lang), caps.get(lang)) for lang in languages}
+      texts = {lang: line_window(corpus.mono("train", lang), windows.get(lang)) for lang in languages}
       trained = train_sentencepiece(texts, config.data.vocab_size, alpha=config.data.tokenizer_alpha,
                                     n_sentences=config.data.tokenizer_sentences, seed=config.seed)
       with atomic_write(path) as f:
@@ -141,19 +150,18 @@ def get_tokenizer(config, workdir: str, corpus, languages: list[str], meta: Mapp
   if known:
     missing = [l for l in languages if l not in known]
     if missing:
-      raise UserError(f"the tokenizer was trained for {list(known)} and lacks language(s) {missing}; train a new one "
-                      "(leave config.data.tokenizer empty) or drop those languages.")
+      raise UserError(f"{origin} was trained for {list(known)} and lacks language(s) {missing}; train a new one "
+                      "(leave config.data.tokenizer empty, in a new workdir) or drop those languages.")
   return tok
 
 
 def prepare_mono(corpus, lang: str, tokenizer: Tokenizer, cache_dir: str, splits=("train", "valid"),
-                 cap: int | None = None):
-  """Tokenise (once) the monolingual text of `lang`; `cap` keeps only the first `cap` training sentences."""
+                 lines: tuple[int, int] | None = None):
+  """Tokenise (once) the monolingual text of `lang`; `lines` keeps only that range of the training lines."""
   texts = {split: corpus.mono(split, lang) for split in splits}
-  if cap is not None:
-    texts["train"] = capped(texts["train"], cap)
+  texts["train"] = line_window(texts["train"], lines)
   fingerprint = {"text": {s: corpus.mono_fingerprint(s, lang) for s in splits}, "tokenizer": tokenizer.fingerprint(),
-                 "lang": lang, "cap": cap}
+                 "lang": lang, "lines": list(lines) if lines else None}
   return parallel.process_zero_first(
       lambda: prepare(f"mono.{lang}", cache_dir, texts, n_fields=1, encode=lambda t: tokenizer.encode(t, lang),
                       unk_id=tokenizer.unk_id, fingerprint=fingerprint, describe=f"language {lang!r}"),
@@ -190,6 +198,15 @@ def masking_config(config, tokenizer: Tokenizer) -> MaskingConfig:
                     "like '0.8,0.1,0.1'.")
   return MaskingConfig(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, n_special=N_SPECIAL,
                        word_pred=config.data.word_pred, mask_keep_rand=probs, sample_alpha=config.data.sample_alpha)
+
+
+def masking_scores(masking: MaskingConfig, prepared: list[PreparedText]) -> np.ndarray | None:
+  """Per-token masking weights count**-sample_alpha from the training data of the step specs (the reference
+  takes the counts of its vocabulary file, i.e. of the training data); None when sample_alpha == 0 (uniform)."""
+  if masking.sample_alpha <= 0:
+    return None
+  counts = sum(data.token_counts("train", masking.vocab_size) for data in prepared)
+  return frequency_scores(np.asarray(counts), masking.sample_alpha, masking.n_special)
 
 
 def make_loss(model: Transformer, lambdas: Mapping[str, Any]):
@@ -252,6 +269,37 @@ def data_report(prepared: list[PreparedText], pair_stores: Mapping[tuple[str, st
   return lines
 
 
+def make_entries(specs: list[StepSpec], split: str, *, mono: Mapping[str, PreparedText],
+                 para: Mapping[tuple[str, str], PreparedText], lang2id: Mapping[str, int], bptt: int,
+                 tokenizer: Tokenizer, pack_pool: float, lazy: bool,
+                 pair_stores: dict | None = None) -> list[Entry]:
+  """The row source of each step spec on `split`: stream rows (monolingual) or packed pairs (one store per pair,
+  shared by both directions).
+
+  `lazy`: read records on demand (multi-process runs: each process reads only its rows' records) instead of
+  holding the split in memory; the rows are the same either way. `pair_stores`, when given, receives the pair
+  stores by (l1, l2, split), for reporting."""
+  out, stores = [], {}
+  for spec in specs:
+    if len(spec.langs) == 1:
+      lang = spec.langs[0]
+      stream = TokenStream(mono[lang], split, bptt, tokenizer.eos_id,
+                           in_memory_max_tokens=0 if lazy else IN_MEMORY_MAX_TOKENS)
+      size = mono[lang].manifest["splits"][split]["sentences"]
+      out.append(Entry(spec, StreamRows(stream, lang2id[lang], size)))
+    else:
+      l1, l2 = spec.langs
+      key = tuple(sorted(spec.langs))
+      if key not in stores:
+        stores[key] = PairStore(para[key], split, bptt, in_memory=not lazy)
+        if pair_stores is not None:
+          pair_stores[(*key, split)] = stores[key]
+      direction = PairDirection(stores[key], swap=(l1 != key[0]), lang1=lang2id[l1], lang2=lang2id[l2],
+                                eos_id=tokenizer.eos_id)
+      out.append(Entry(spec, PackedPairRows(direction, bptt, tokenizer.pad_id, pack_pool)))
+  return out
+
+
 def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict]:
   """Everything the loop needs, with every check done before anything is written to `workdir`.
 
@@ -265,8 +313,8 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
     for lang in spec.langs:
       if lang not in languages:
         raise UserError(f"{spec.objective}_steps names language {lang!r}, which is not in config.data.languages "
-                        f"{languages}.")
-  caps = parse_caps(config.data.max_sentences, languages)
+                        f"{languages}; add it there or remove it from config.data.{spec.objective}_steps.")
+  windows = parse_line_windows(config.data.mono_lines, languages)
   meta = existing_meta(workdir)
   if meta is not None:
     check_resume(meta, config, languages, workdir)
@@ -285,40 +333,26 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
       corpus.mono(split, lang)
     for a, b in pairs:
       corpus.para(split, a, b)
-  tokenizer = get_tokenizer(config, workdir, corpus, languages, meta, caps)
+  tokenizer = get_tokenizer(config, workdir, corpus, languages, meta, windows)
   masking = masking_config(config, tokenizer)
   cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
   lang2id = {l: i for i, l in enumerate(languages)}
   many = jax.process_count() > 1  # several processes: read records on demand, each only its own rows' share
   # pairs first: their alignment check (a full pass over both files) fails before the monolingual data is prepared
   para = {p: prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len) for p in pairs}
-  mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, cap=caps.get(l)) for l in mono_langs}
+  mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, lines=windows.get(l)) for l in mono_langs}
   pair_stores: dict[tuple[str, str, str], PairStore] = {}
 
   def entries(split: str) -> list[Entry]:
-    out, stores = [], {}
-    for spec in specs:
-      if len(spec.langs) == 1:
-        lang = spec.langs[0]
-        stream = TokenStream(mono[lang], split, bptt, tokenizer.eos_id, in_memory_max_tokens=0 if many else
-                             IN_MEMORY_MAX_TOKENS)
-        size = mono[lang].manifest["splits"][split]["sentences"]
-        out.append(Entry(spec, StreamRows(stream, lang2id[lang], size)))
-      else:
-        l1, l2 = spec.langs
-        key = tuple(sorted(spec.langs))
-        if key not in stores:
-          stores[key] = pair_stores[(*key, split)] = PairStore(para[key], split, bptt, in_memory=not many)
-        direction = PairDirection(stores[key], swap=(l1 != key[0]), lang1=lang2id[l1], lang2=lang2id[l2],
-                                  eos_id=tokenizer.eos_id)
-        out.append(Entry(spec, PackedPairRows(direction, bptt, tokenizer.pad_id, config.data.pack_pool)))
-    return out
+    return make_entries(specs, split, mono=mono, para=para, lang2id=lang2id, bptt=bptt, tokenizer=tokenizer,
+                        pack_pool=config.data.pack_pool, lazy=many, pair_stores=pair_stores)
 
   batches = PretrainBatches(entries=entries("train"), batch_size=config.data.batch_size, seq_len=bptt,
                             masking=masking, seed=config.seed, mixing=config.data.mixing,
                             lg_sampling_factor=config.data.lg_sampling_factor,
                             process_index=jax.process_index(), process_count=jax.process_count(),
-                            group_rows=config.data.pack_rows)
+                            group_rows=config.data.pack_rows,
+                            token_scores=masking_scores(masking, [*mono.values(), *para.values()]))
   eval_sets = batches.eval_batches(entries("valid"), config.data.eval_rows)
   report = data_report([*para.values(), *mono.values()], pair_stores, bptt)
   if report and jax.process_index() == 0:
@@ -332,7 +366,7 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
                    meta=bundle_meta(config, cfg, languages, tokenizer, "pretrain"),
                    step_flops=step_flops_fn(cfg), step_tokens=step_tokens, compute_dtype=cfg.dtype)
   context = {"tokenizer": tokenizer, "languages": languages, "model_config": cfg, "mono": mono, "para": para,
-             "corpus": corpus, "lang2id": lang2id, "masking": masking, "data_report": report}
+             "corpus": corpus, "lang2id": lang2id, "masking": masking, "data_report": report, "specs": specs}
   return task, context
 
 
