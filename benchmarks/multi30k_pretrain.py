@@ -69,12 +69,16 @@ def tlm_effect(workdir: str, context, length: int) -> dict:
   return out
 
 
-def czech_runs(root: str, steps: int, tokenizer_from: str, variant: str, only: str = "") -> dict:
+def czech_runs(root: str, steps: int, tokenizer_from: str, variant: str, only: str = "",
+               factor: float | None = None) -> dict:
   results = {}
   for name, langs in (("cs_alone", "cs"), ("cs_plus_en_de_fr", "cs,de,en,fr")):
     if only and name != only:
       continue
     c = get_config(variant)
+    if factor is not None:
+      c.data.lg_sampling_factor = factor
+      name = f"{name}_alpha{factor}"
     c.data.languages = langs
     c.data.mlm_steps = langs
     c.data.mono_lines = "cs:2000"
@@ -86,7 +90,8 @@ def czech_runs(root: str, steps: int, tokenizer_from: str, variant: str, only: s
     t = time.time()
     metrics = pretrain.run(c, os.path.join(root, name)).metrics
     results[name] = {"cs_val_ppl": metrics["mlm_cs/mlm_ppl"], "cs_val_acc": metrics["mlm_cs/mlm_acc"],
-                     "seconds": time.time() - t}
+                     "seconds": time.time() - t, "lg_sampling_factor": c.data.lg_sampling_factor, "steps": steps,
+                     "workdir": os.path.join(root, name)}
   return results
 
 
@@ -112,6 +117,8 @@ def main():
   parser.add_argument("--workdir", default="runs/m30k")
   parser.add_argument("--variant", default="tiny", help="configs/multi30k.py variant")
   parser.add_argument("--only-czech", default="", help="run only this Czech run (cs_alone / cs_plus_en_de_fr)")
+  parser.add_argument("--lg-sampling-factor", type=float, default=None,
+                      help="language sampling exponent for the Czech runs (default: the config's, 0.7)")
   parser.add_argument("--steps", type=int, default=None, help="pretraining steps (default: the tiny config's)")
   parser.add_argument("--czech-steps", type=int, default=1500)
   parser.add_argument("--skip-czech", action="store_true")
@@ -122,7 +129,8 @@ def main():
   enable_compilation_cache("~/.cache/xlm_jax/jit")
   if args.only_czech:
     result = czech_runs(args.workdir, args.czech_steps, shared_tokenizer(args.workdir, args.variant), args.variant,
-                        args.only_czech)
+                        args.only_czech, args.lg_sampling_factor)
+    result["command"] = "python " + " ".join(sys.argv)
     print(json.dumps(result, indent=1))
     if args.out:
       with open(args.out, "w") as f:

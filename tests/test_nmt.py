@@ -105,6 +105,19 @@ def test_training_bleu_translation_and_bundle(bundle, tmp_path):
   assert empty.returncode == 2 and b"empty" in empty.stderr
 
 
+def test_language_pair_absent_from_the_data(bundle, tmp_path, corpus_dir):
+  import shutil
+  folder = tmp_path / "corpus"
+  folder.mkdir()
+  for name in os.listdir(corpus_dir):
+    if not name.endswith(".json") and ("xa-xc" not in name):
+      shutil.copy(os.path.join(corpus_dir, name), folder / name)
+  config = nmt_config(bundle, **{"nmt.mt_steps": "xa-xc", "data.corpus": str(folder)})
+  with pytest.raises(UserError, match="no parallel data for xa-xc"):
+    initial_params(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
 def test_bad_step_specs_and_languages(bundle, tmp_path):
   from xlm_jax.data.nmt_batches import parse_nmt_steps
   with pytest.raises(UserError, match="l1-l2-l1"):
