@@ -274,8 +274,8 @@ def main(argv=None):
   print(f"\nDecoding {args.batch} sentences of {args.src_len} tokens to length {args.max_len} (</s> blocked), "
         f"d={args.dim}, {args.layers}+{args.layers} layers, {args.heads} heads, vocab {args.vocab}; "
         f"median of {args.runs} interleaved runs; {os.cpu_count()} CPU cores, jax {jax.__version__}; 1-minute load "
-        f"average {load_start and round(load_start[0], 2)} at the start, {load_end and round(load_end[0], 2)} at the end "
-        f"(other processes on the machine slow every variant, PyTorch's threads more than XLA's).")
+        f"average {load_start and round(load_start[0], 2)} at the start (before this run) and "
+        f"{load_end and round(load_end[0], 2)} at the end (this run included).")
   head = "| implementation | dtype | beam | median s | sentences/s | GFLOP/s | vs XLM, same run | vs XLM, baselines.md |"
   print(head)
   print("|---" * (head.count("|") - 1) + "|")
@@ -285,8 +285,8 @@ def main(argv=None):
           f" {r['gflops_per_s']:.0f} | {fmt(r['vs_xlm_same_run'])} | {fmt(r['vs_xlm_baselines_md'])} |")
   print("targets: " + ", ".join(f"beam {b}: >= {TARGET_FACTOR[b]:.0f}x XLM ({TARGET_FACTOR[b] * BASELINE[b]:.0f} "
                                 f"sentences/s against baselines.md)" for b in beams if b in BASELINE))
-  if load_start and max(load_start[0], load_end[0] if load_end else 0) > 0.5 * (os.cpu_count() or 1) / 2:
-    print("WARNING: other processes were running (load average above 0.5). PyTorch's OpenMP threads stall on "
+  if load_start and load_start[0] > 0.5:           # measured before this process ran anything heavy
+    print("WARNING: other processes were running (load average above 0.5 at the start). PyTorch's OpenMP threads stall on "
           "a busy machine (each op waits for a descheduled thread), so the XLM timings, and the ratios, are not "
           "trustworthy; re-run on an idle machine.")
   if not args.xlm_repo:

@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.nmt import get_config  # noqa: E402
+from xlm_jax.config_base import override  # noqa: E402
 from xlm_jax.train import nmt  # noqa: E402
 
 
@@ -35,12 +36,7 @@ def run_one(name: str, variant: str, args, **overrides) -> dict:
   c.log.eval_every = 0
   c.log.progress_bar = False
   c.checkpoint.every = args.steps
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = getattr(node, p)
-    setattr(node, last, value)
+  override(c, overrides)
   t = time.time()
   metrics = nmt.run(c, os.path.join(args.workdir, name)).metrics
   result = {k: v for k, v in metrics.items() if "bleu" in k}

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from configs.multi30k import get_config  # noqa: E402
 from xlm_jax import parallel  # noqa: E402
-from xlm_jax.data.packing import PairDirection, PairStore, tlm_example  # noqa: E402
+from xlm_jax.data.packing import PairDirection, PairStore  # noqa: E402
 from xlm_jax.data.pipeline import PackedPairRows, row_rng  # noqa: E402
 from xlm_jax.evaluate import tlm_context_accuracy  # noqa: E402
 from xlm_jax.train import pretrain  # noqa: E402

@@ -22,6 +22,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 def tiny_config(**overrides):
   """The demo config shrunk to seconds: 2 small layers, short rows, a small generated corpus."""
   from configs.demo import get_config
+  from xlm_jax.config_base import override
   c = get_config("pretrain")
   c.data.generated_sizes.n_mono = 2000
   c.data.generated_sizes.n_para = 1000
@@ -44,12 +45,7 @@ def tiny_config(**overrides):
   c.log.progress_bar = False
   c.log.peak_flops = 1e11
   c.compilation_cache_dir = JIT_CACHE
-  for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = getattr(node, p)
-    setattr(node, last, value)
+  override(c, overrides)
   return c
 
 

@@ -4,11 +4,11 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
 from conftest import ROOT, run_main, tiny_config
+from xlm_jax.config_base import override
 from xlm_jax.errors import UserError
 
 NMT = {"task": "nmt", "nmt.mt_steps": "xa-xb,xb-xa", "nmt.src_len": 32, "nmt.tgt_len": 32, "nmt.bt_len": 24,
@@ -27,12 +27,7 @@ def bundle(tmp_path_factory):
 def nmt_config(bundle, **overrides):
   c = tiny_config(**{k: v for k, v in NMT.items()})
   c.init.bundle = bundle
-  for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = getattr(node, p)
-    setattr(node, last, v)
+  override(c, overrides)
   return c
 
 

@@ -1,6 +1,5 @@
 """TLM examples, packing and batches, spelled out on a hand-written pair and checked through the whole path."""
 import numpy as np
-import pytest
 
 from xlm_jax.data.masking import MaskingConfig
 from xlm_jax.data.packing import PairDirection, pack, pack_group, tlm_example

@@ -3,7 +3,6 @@ import collections
 import gzip
 import os
 
-import numpy as np
 import pytest
 
 from xlm_jax.errors import UserError

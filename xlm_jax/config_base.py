@@ -131,3 +131,14 @@ def base_config() -> ml_collections.ConfigDict:
 
 def parse_list(text: str) -> list[str]:
   return [s.strip() for s in str(text).split(",") if s.strip()]
+
+
+def override(config, values: dict) -> None:
+  """Set dotted fields in place: override(c, {"train.steps": 10, "model.emb_dim": 64}). Unknown fields fail
+  (the config is locked), as they do on the command line."""
+  for key, value in values.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = getattr(node, part)
+    setattr(node, last, value)

@@ -62,6 +62,16 @@ class TrainTask:
   init_from: Callable[[Any], Any] | None = None  # params -> params, applied to a fresh state (NMT seeding)
 
 
+def prediction_stats(name: str, logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray):
+  """(mean cross-entropy, summed statistics) over the weighted prediction slots of one objective; the statistics
+  follow the `<name>_loss_sum / _count / _correct` convention that `summarize` turns into loss, ppl and acc."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  loss_sum, count = jnp.sum(ce * weights), jnp.sum(weights)
+  correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
+  stats = {f"{name}_loss_sum": loss_sum, f"{name}_count": count, f"{name}_correct": correct}
+  return loss_sum / jnp.maximum(count, 1.0), stats
+
+
 def summarize(stats: Mapping[str, float]) -> dict[str, float]:
   """Turn summed statistics into means, accuracies and perplexities."""
   out = {}

@@ -23,7 +23,6 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import decode as decode_lib
@@ -36,9 +35,9 @@ from xlm_jax.errors import UserError
 from xlm_jax.evaluate import bleu
 from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
-from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state
+from xlm_jax.tokenizer import tokenizer_from_state
 from xlm_jax.train import pretrain
-from xlm_jax.train.loop import TrainTask, train
+from xlm_jax.train.loop import TrainTask, prediction_stats, train
 from xlm_jax.train.optim import parse_lambda
 from xlm_jax.translate import translate_texts
 
@@ -159,12 +158,9 @@ def make_loss(encoder: Transformer, decoder: Transformer, lambdas: Mapping[str, 
       if key == "bt":
         b = back_translated(params, b)
       logits = seq2seq(params, b, rngs, deterministic)
-      weights = b["pred_weights"]
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, b["pred_targets"])
-      loss_sum, count = jnp.sum(ce * weights), jnp.sum(weights)
-      correct = jnp.sum((jnp.argmax(logits, -1) == b["pred_targets"]) * weights)
-      total = total + lambdas[key](step) * loss_sum / jnp.maximum(count, 1.0)
-      stats.update({f"{key}_loss_sum": loss_sum, f"{key}_count": count, f"{key}_correct": correct})
+      mean, key_stats = prediction_stats(key, logits, b["pred_targets"], b["pred_weights"])
+      total = total + lambdas[key](step) * mean
+      stats.update(key_stats)
     return total, stats
 
   def back_translated(params, b):

@@ -13,7 +13,6 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import parallel
@@ -28,7 +27,7 @@ from xlm_jax.errors import UserError
 from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
 from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state, train_sentencepiece
-from xlm_jax.train.loop import TrainTask, train
+from xlm_jax.train.loop import TrainTask, prediction_stats, train
 from xlm_jax.train.optim import parse_lambda
 
 N_SPECIAL = 6  # <s> </s> <pad> <unk> <special0> <mask>: never random replacements
@@ -221,14 +220,9 @@ def make_loss(model: Transformer, lambdas: Mapping[str, Any]):
       logits = model.apply({"params": params}, b["tokens"], b["positions"], b["langs"], b["segment_ids"],
                            b["pred_index"], causal=objective == "clm", deterministic=deterministic, rngs=rngs,
                            method=lambda m, t, p, l, s, i, **kw: m.predict_at(m.encode(t, p, l, s, **kw), i))
-      weights = b["pred_weights"]
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, b["pred_targets"])
-      loss_sum = jnp.sum(ce * weights)
-      count = jnp.sum(weights)
-      correct = jnp.sum((jnp.argmax(logits, -1) == b["pred_targets"]) * weights)
-      total = total + lambdas[objective](step) * loss_sum / jnp.maximum(count, 1.0)
-      stats.update({f"{objective}_loss_sum": loss_sum, f"{objective}_count": count,
-                    f"{objective}_correct": correct})
+      mean, objective_stats = prediction_stats(objective, logits, b["pred_targets"], b["pred_weights"])
+      total = total + lambdas[objective](step) * mean
+      stats.update(objective_stats)
     return total, stats
 
   return loss
