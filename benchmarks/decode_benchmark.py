@@ -57,6 +57,8 @@ def parse_args(argv=None):
   p.add_argument("--dtypes", default="float32,bfloat16", help="matmul input dtypes of xlm_jax")
   p.add_argument("--runs", type=int, default=5, help="timed runs per variant (median reported)")
   p.add_argument("--xlm-repo", default=None, help="facebookresearch/XLM work tree or bare git dir, timed alongside")
+  p.add_argument("--xlm-device", default="cpu", help="where the XLM code runs: cpu, or cuda on a GPU machine (then "
+                 "xlm_jax runs on JAX's default device, the same GPU)")
   p.add_argument("--out", default=None, help="write the results as JSON here")
   p.add_argument("--xlm-worker", action="store_true", help=argparse.SUPPRESS)  # internal: serve XLM timings
   return p.parse_args(argv)
@@ -118,8 +120,9 @@ class XlmRunner:
         gelu_activation=True, share_inout_emb=True, asm=False)
     dico = [str(i) for i in range(args.vocab)]
     torch.manual_seed(0)
-    self.encoder = TransformerModel(params, dico, is_encoder=True, with_output=True).eval()
-    self.decoder = TransformerModel(params, dico, is_encoder=False, with_output=True).eval()
+    self.device = torch.device(args.xlm_device)
+    self.encoder = TransformerModel(params, dico, is_encoder=True, with_output=True).eval().to(self.device)
+    self.decoder = TransformerModel(params, dico, is_encoder=False, with_output=True).eval().to(self.device)
     scores = self.decoder.pred_layer.get_scores
 
     def blocked(x):  # forbid </s> so that every sentence runs to max_len, as on our side
@@ -128,8 +131,8 @@ class XlmRunner:
       return out
 
     self.decoder.pred_layer.get_scores = blocked
-    self.x = torch.from_numpy(src.T.astype(np.int64)).contiguous()          # (slen, bs), time-major
-    self.lengths = torch.full((src.shape[0],), src.shape[1], dtype=torch.long)
+    self.x = torch.from_numpy(src.T.astype(np.int64)).contiguous().to(self.device)  # (slen, bs), time-major
+    self.lengths = torch.full((src.shape[0],), src.shape[1], dtype=torch.long, device=self.device)
     self.langs = torch.zeros_like(self.x)
     self.max_len = args.max_len
 
@@ -161,6 +164,8 @@ class XlmRunner:
       else:
         out, lengths = self.decoder.generate_beam(enc, self.lengths, 1, beam_size=beam, length_penalty=1.0,
                                                   early_stopping=False, max_len=self.max_len)
+      if self.device.type == "cuda":
+        torch.cuda.synchronize()
     if out.shape[0] != self.max_len:
       raise RuntimeError(f"XLM decoded to length {out.shape[0]}, expected {self.max_len}")
     return out
@@ -176,7 +181,7 @@ class XlmWorker:
     argv = [sys.executable, os.path.abspath(__file__), "--xlm-worker", "--xlm-repo", args.xlm_repo,
             "--batch", str(args.batch), "--src-len", str(args.src_len), "--max-len", str(args.max_len),
             "--vocab", str(args.vocab), "--dim", str(args.dim), "--layers", str(args.layers), "--heads",
-            str(args.heads)]
+            str(args.heads), "--xlm-device", args.xlm_device]
     self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
     if self._read() != "ready":
       raise RuntimeError("the XLM worker did not start")

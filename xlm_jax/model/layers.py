@@ -7,6 +7,9 @@ Conventions shared by every block:
   (`preferred_element_type=float32`), so bfloat16 runs keep float32 LayerNorm, softmax and residuals.
 - Initialisation follows the reference: embeddings N(0, dim**-0.5) with the pad row zeroed, linear layers with
   PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, LayerNorm 1/0.
+- Attention has a full-sequence path (`__call__`) and an incremental one (`cached_self_attention`,
+  `cached_cross_attention`) over an explicit key/value cache passed in and returned; no state is hidden in the
+  module.
 """
 from __future__ import annotations
 
@@ -168,7 +171,9 @@ class MultiHeadAttention(nn.Module):
     self.k_lin = proj()
     self.v_lin = proj()
     self.out_lin = Linear((self.dim,), ("heads", "kv", "embed"), n_contract=2, dtype=self.dtype)
-    self.weights_dropout = nn.Dropout(self.attention_dropout)
+    # Named as Linen's compact naming would: dropout keys are derived from the module path, so this keeps the
+    # attention-dropout masks of a given PRNG key unchanged.
+    self.Dropout_0 = nn.Dropout(self.attention_dropout)
 
   def queries(self, x: jnp.ndarray) -> jnp.ndarray:
     """[B, Q, H, Dh] float32, already divided by sqrt(head_dim)."""
@@ -184,7 +189,7 @@ class MultiHeadAttention(nn.Module):
                         preferred_element_type=jnp.float32)
     scores = jnp.where(mask, scores, NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
-    weights = self.weights_dropout(weights, deterministic=deterministic)
+    weights = self.Dropout_0(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v.astype(self.dtype),
                      preferred_element_type=jnp.float32)
     return self.out_lin(out)
@@ -193,49 +198,58 @@ class MultiHeadAttention(nn.Module):
     return self.attend(self.queries(x), *self.keys_values(kv), mask, deterministic)
 
   # --- incremental decoding -------------------------------------------------------------------------------------
+  # Cache layouts are chosen so that both products are canonical batched matmuls over (batch, heads) that read
+  # the cache in place: keys transposed [.., Dh, K], values [.., K, Dh]. (With keys as [.., K, Dh], XLA:CPU
+  # re-lays out the whole cache on every step.)
 
   def source_keys_values(self, src: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Cross-attention keys and values of the source [Bs, S, D], as [Bs, H, S, Dh] in the compute dtype.
+    """Cross-attention keys [Bs, H, Dh, S] and values [Bs, H, S, Dh] of the source [Bs, S, D], compute dtype.
 
     Computed once per source; every beam of a sentence reads the same copy (nothing is replicated per beam).
     Casting here is exact: the full path casts k and v to the compute dtype right before its products.
     """
     k, v = self.keys_values(src)
-    return (jnp.swapaxes(k, 1, 2).astype(self.dtype), jnp.swapaxes(v, 1, 2).astype(self.dtype))
+    return (jnp.transpose(k, (0, 2, 3, 1)).astype(self.dtype), jnp.transpose(v, (0, 2, 1, 3)).astype(self.dtype))
 
-  def cached_cross_attention(self, x, src_k, src_v, src_mask) -> jnp.ndarray:
+  def _attend_cached(self, x, q, keys_t, values, mask) -> jnp.ndarray:
+    """q [Bs, H, G, Dh] against keys_t [Bs, H, Dh, K] / values [Bs, H, K, Dh] under mask [Bs, 1, G, K]."""
+    batch_dims = ((0, 1), (0, 1))
+    scores = lax.dot_general(q.astype(self.dtype), keys_t, (((3,), (2,)), batch_dims),
+                             preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(jnp.where(mask, scores, NEG_INF), axis=-1)
+    out = lax.dot_general(weights.astype(self.dtype), values, (((3,), (2,)), batch_dims),
+                          preferred_element_type=jnp.float32)                          # [Bs, H, G, Dh]
+    return self.out_lin(jnp.transpose(out, (0, 2, 1, 3)).reshape(x.shape[0], 1, self.n_heads, -1))
+
+  def _grouped_queries(self, x, n_src: int) -> jnp.ndarray:
+    """Queries of x [N, 1, D] as [Bs, H, G, Dh]: the G beams of a sentence act as that sentence's G queries."""
+    q = self.queries(x).reshape(n_src, x.shape[0] // n_src, self.n_heads, -1)
+    return jnp.transpose(q, (0, 2, 1, 3))
+
+  def cached_cross_attention(self, x, src_keys, src_values, src_mask) -> jnp.ndarray:
     """Cross-attention of one new token per row. x [N, 1, D] with N = Bs * G rows (G beams per sentence, beam
-    fastest), src_k/src_v [Bs, H, S, Dh] from `source_keys_values`, src_mask [Bs, 1, 1, S]. Returns [N, 1, D]."""
-    n_src = src_k.shape[0]
-    group = x.shape[0] // n_src
-    q = self.queries(x).reshape(n_src, group, self.n_heads, -1)  # the beams of a sentence act as its queries
-    scores = jnp.einsum("bghd,bhsd->bhgs", q.astype(self.dtype), src_k, preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(jnp.where(src_mask, scores, NEG_INF), axis=-1)
-    out = jnp.einsum("bhgs,bhsd->bghd", weights.astype(self.dtype), src_v, preferred_element_type=jnp.float32)
-    return self.out_lin(out.reshape(x.shape[0], 1, self.n_heads, -1))
+    fastest), src_keys/src_values from `source_keys_values`, src_mask [Bs, 1, 1, S]. Returns [N, 1, D]."""
+    return self._attend_cached(x, self._grouped_queries(x, src_keys.shape[0]), src_keys, src_values, src_mask)
 
-  def cached_self_attention(self, x, k_cache, v_cache, index, mask):
+  def cached_self_attention(self, x, keys_t, values, index, mask):
     """Causal self-attention of one new token per row over a preallocated key/value cache.
 
-    x [N, 1, D], N = Bs * G rows (sentence-major, G beams per sentence). The caches are [Bs, H, G, T, Dh] in the
-    compute dtype: slot g of sentence b at time j holds the key/value that the row which was beam g at step j
-    computed. Rows are never moved when beams are reordered; instead `mask` [Bs, 1, G, G, T] says, for each row
-    (b, g) and each time j, which slot holds its own ancestor's entry (exactly one slot per j <= index, none
-    after). The new key/value is written at time `index` into the row's own slot with `lax.dynamic_update_slice`,
-    so one compiled step serves every position. Returns (out [N, 1, D], k_cache, v_cache).
+    x [N, 1, D], N = Bs * G rows (sentence-major, G beams per sentence). keys_t [Bs, H, Dh, T*G] and values
+    [Bs, H, T*G, Dh] (compute dtype) are indexed by j * G + g: the entry computed at time j by the row that was
+    slot g then. Rows never move when beams are reordered; `mask` [Bs, 1, G, T*G] says which entries are each
+    row's own history (its ancestor's slot at every time j <= index). The G new entries are written at time
+    `index` with one `lax.dynamic_update_slice` per buffer, so one compiled step serves every position.
+    Returns (out [N, 1, D], keys_t, values).
     """
-    n_src, n_heads, group = k_cache.shape[:3]
-    q = self.queries(x).reshape(n_src, group, n_heads, -1)
+    n_src, n_heads, _, width = keys_t.shape
+    group = x.shape[0] // n_src
     k, v = self.keys_values(x)  # [N, 1, H, Dh]
-    to_cache = lambda t: jnp.transpose(t.reshape(n_src, group, n_heads, 1, -1), (0, 2, 1, 3, 4)).astype(self.dtype)
-    start = (0, 0, 0, index, 0)
-    k_cache = lax.dynamic_update_slice(k_cache, to_cache(k), start)
-    v_cache = lax.dynamic_update_slice(v_cache, to_cache(v), start)
-    scores = jnp.einsum("bghd,bhktd->bhgkt", q.astype(self.dtype), k_cache, preferred_element_type=jnp.float32)
-    scores = jnp.where(mask, scores, NEG_INF)
-    weights = jax.nn.softmax(scores.reshape(scores.shape[:3] + (-1,)), axis=-1).reshape(scores.shape)
-    out = jnp.einsum("bhgkt,bhktd->bghd", weights.astype(self.dtype), v_cache, preferred_element_type=jnp.float32)
-    return self.out_lin(out.reshape(x.shape[0], 1, n_heads, -1)), k_cache, v_cache
+    k = jnp.transpose(k.reshape(n_src, group, n_heads, -1), (0, 2, 3, 1)).astype(self.dtype)   # [Bs, H, Dh, G]
+    v = jnp.transpose(v.reshape(n_src, group, n_heads, -1), (0, 2, 1, 3)).astype(self.dtype)   # [Bs, H, G, Dh]
+    keys_t = lax.dynamic_update_slice(keys_t, k, (0, 0, 0, index * group))
+    values = lax.dynamic_update_slice(values, v, (0, 0, index * group, 0))
+    out = self._attend_cached(x, self._grouped_queries(x, n_src), keys_t, values, mask)
+    return out, keys_t, values
 
 
 class FeedForward(nn.Module):

@@ -19,46 +19,115 @@ Inputs are [B, L] int arrays. `segment_ids` (0 = padding) decide who attends to 
 their segment, so several examples can be packed in one row; when `segment_ids` is None it is derived from the
 pad id (1 on real tokens). `positions` default to 0..L-1 in every row; TLM rows pass positions that restart at
 the second sentence. Segments are never derived from positions.
+
+Incremental decoding (NMT decoder, or CLM): `init_cache` builds an explicit `DecodeCache` pytree (self-attention
+keys/values preallocated for a static maximum length, cross-attention keys/values of the source computed once),
+`decode_step` takes one token per row at time t and returns the logits [N, V] and the updated cache, and
+`reorder_cache` continues beams from their parents without moving any keys or values. The search itself (greedy,
+beam) lives in `xlm_jax.decode`.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from xlm_jax.model.config import TransformerConfig
 from xlm_jax.model.layers import (Embedding, FeedForward, LayerNorm, MultiHeadAttention, attention_mask,
                                   sinusoidal_table, torch_linear_init)
 
 ACTIVATION_AXES = ("batch", "length", "embed")
+KEYS_AXES = ("batch", "heads", "kv", "length")      # decode cache: keys stored transposed
+VALUES_AXES = ("batch", "heads", "length", "kv")
 
 
 class TransformerBlock(nn.Module):
-  """One post-LN layer: self-attention, (cross-attention), feed-forward; padded positions zeroed at the end."""
+  """One post-LN layer: self-attention, (cross-attention), feed-forward; padded positions zeroed at the end.
+
+  `__call__` runs a whole sequence; `decode_step` runs one new token per row against a `DecodeCache`.
+  """
 
   cfg: TransformerConfig
 
-  @nn.compact
-  def __call__(self, h, self_mask, keep, deterministic: bool, src=None, cross_mask=None):
+  def setup(self):
     cfg = self.cfg
-    dtype = cfg.compute_dtype
-    dropout = nn.Dropout(cfg.dropout)
-    attn = MultiHeadAttention(cfg.n_heads, dtype, cfg.attention_dropout, name="attention")(h, h, self_mask,
-                                                                                          deterministic)
-    h = LayerNorm(cfg.layer_norm_eps, name="layer_norm1")(h + dropout(attn, deterministic=deterministic))
+    attention = lambda: MultiHeadAttention(cfg.n_heads, cfg.compute_dtype, cfg.attention_dropout, dim=cfg.emb_dim)
+    # Named as Linen's compact naming would: dropout keys derive from the module path (masks stay unchanged).
+    self.Dropout_0 = nn.Dropout(cfg.dropout)
+    self.attention = attention()
+    self.layer_norm1 = LayerNorm(cfg.layer_norm_eps)
     if cfg.is_decoder:
-      cross = MultiHeadAttention(cfg.n_heads, dtype, cfg.attention_dropout, name="encoder_attn")(
-          h, src, cross_mask, deterministic)
-      h = LayerNorm(cfg.layer_norm_eps, name="layer_norm15")(h + dropout(cross, deterministic=deterministic))
-    ffn = FeedForward(cfg.ffn_dim, cfg.activation, dtype, name="ffn")(h)
-    h = LayerNorm(cfg.layer_norm_eps, name="layer_norm2")(h + dropout(ffn, deterministic=deterministic))
+      self.encoder_attn = attention()
+      self.layer_norm15 = LayerNorm(cfg.layer_norm_eps)
+    self.ffn = FeedForward(cfg.ffn_dim, cfg.activation, cfg.compute_dtype)
+    self.layer_norm2 = LayerNorm(cfg.layer_norm_eps)
+
+  def __call__(self, h, self_mask, keep, deterministic: bool, src=None, cross_mask=None):
+    dropout = lambda x: self.Dropout_0(x, deterministic=deterministic)
+    h = self.layer_norm1(h + dropout(self.attention(h, h, self_mask, deterministic)))
+    if self.cfg.is_decoder:
+      h = self.layer_norm15(h + dropout(self.encoder_attn(h, src, cross_mask, deterministic)))
+    h = self.layer_norm2(h + dropout(self.ffn(h)))
     h = h * keep
     return nn.with_logical_constraint(h, ACTIVATION_AXES)
 
+  def source_keys_values(self, src):
+    """Cross-attention keys [Bs, H, Dh, S] / values [Bs, H, S, Dh] of the encoder output for `DecodeCache`."""
+    return self.encoder_attn.source_keys_values(src)
+
+  def decode_step(self, h, keys, values, index, self_mask, src_keys=None, src_values=None, src_mask=None):
+    """The layer for one new token per row (h [N, 1, D]), no dropout; returns (h, keys, values).
+
+    The row is never padding (decoding feeds a real token, or a finished row's filler whose output is ignored),
+    so the `keep` multiply of the full path is the identity here.
+    """
+    attn, keys, values = self.attention.cached_self_attention(h, keys, values, index, self_mask)
+    h = self.layer_norm1(h + attn)
+    if self.cfg.is_decoder:
+      h = self.layer_norm15(h + self.encoder_attn.cached_cross_attention(h, src_keys, src_values, src_mask))
+    h = self.layer_norm2(h + self.ffn(h))
+    return nn.with_logical_constraint(h, ACTIVATION_AXES), keys, values
+
+
+class DecodeCache(NamedTuple):
+  """Everything incremental decoding carries from one step to the next: an explicit pytree, no hidden state.
+
+  Rows are sentence-major: row n = b * G + g is beam (slot) g of sentence b; greedy decoding is G = 1.
+  - `keys` [Bs, H, Dh, T*G] (transposed) and `values` [Bs, H, T*G, Dh], per layer, in the compute dtype. Entry
+    j * G + g holds the self-attention key/value computed at time j by the row that was slot g then. Entries are
+    written once and never moved. (These layouts make both attention products plain batched matmuls.)
+  - `slots`: int32 [Bs, G, T]; `slots[b, g, j]` is the slot whose entry at time j belongs to the prefix that row
+    (b, g) continues (meaningful for j below the next step's index). Reordering beams rewrites only this table
+    (`reorder_cache`), O(G*T) integers per sentence instead of gathering every layer's keys and values.
+  - `src_keys` [Bs, H, Dh, S] and `src_values` [Bs, H, S, Dh], per layer: the cross-attention keys/values of the
+    encoder output, computed once and shared by the G beams of a sentence (empty tuples without cross-attention).
+  - `src_mask`: bool [Bs, 1, 1, S], the real source tokens (None without cross-attention).
+  """
+
+  keys: tuple
+  values: tuple
+  slots: jnp.ndarray
+  src_keys: tuple
+  src_values: tuple
+  src_mask: jnp.ndarray | None
+
+
+def reorder_cache(cache: DecodeCache, parents: jnp.ndarray) -> DecodeCache:
+  """Row (b, g) continues the prefix of row (b, parents[b, g]) (parents int [Bs, G], slots of the same sentence).
+
+  Beams never move across sentences, so the shared source keys/values need no reordering; only the slot table
+  is gathered.
+  """
+  return cache._replace(slots=jnp.take_along_axis(cache.slots, parents[:, :, None].astype(jnp.int32), axis=1))
+
 
 class Transformer(nn.Module):
-  """XLM encoder (or decoder with `cfg.is_decoder`). Methods: `encode` -> hidden, `predict` -> logits.
+  """XLM encoder (or decoder with `cfg.is_decoder`). Methods: `encode` -> hidden, `predict` -> logits,
+  `init_cache` / `decode_step` for incremental decoding.
 
-  `__call__` runs both (it is what `init` traces, so every parameter is created).
+  `__call__` runs both `encode` and `predict` (it is what `init` traces, so every parameter is created).
   """
 
   cfg: TransformerConfig
@@ -127,6 +196,67 @@ class Transformer(nn.Module):
     """Logits [B, P, V] at positions `index` [B, P] of `hidden` [B, L, D]: the projection runs only there."""
     picked = jnp.take_along_axis(hidden, index[..., None], axis=1)
     return self.predict(picked)
+
+  # --- incremental decoding -------------------------------------------------------------------------------------
+
+  def init_cache(self, max_len: int, *, beams: int = 1, src_hidden=None, src_segment_ids=None,
+                 batch: int | None = None) -> DecodeCache:
+    """An empty `DecodeCache` for `batch` sentences x `beams` rows each and at most `max_len` target tokens.
+
+    Decoders take the encoder output `src_hidden` [Bs, S, D] and its `src_segment_ids` [Bs, S] (0 = padding); the
+    cross-attention keys/values of every layer are computed here, once. A source row must hold one segment (one
+    sentence): the decoded token attends to the source tokens of segment 1, as the full path's segment-1 target.
+    Non-decoders (incremental CLM) pass `batch` instead.
+    """
+    cfg = self.cfg
+    if cfg.is_decoder:
+      if src_hidden is None or src_segment_ids is None:
+        raise ValueError("a decoder's cache needs src_hidden and src_segment_ids")
+      batch = src_hidden.shape[0]
+      kv = [layer.source_keys_values(src_hidden) for layer in self.layers]
+      src_keys, src_values = tuple(k for k, _ in kv), tuple(v for _, v in kv)
+      src_mask = attention_mask(jnp.ones((batch, 1), jnp.int32), src_segment_ids, False)
+    else:
+      if batch is None:
+        raise ValueError("init_cache needs `batch` for a model without cross-attention")
+      src_keys, src_values, src_mask = (), (), None
+    zeros = lambda axes, *shape: nn.with_logical_constraint(jnp.zeros(shape, cfg.compute_dtype), axes)
+    width = max_len * beams
+    return DecodeCache(keys=tuple(zeros(KEYS_AXES, batch, cfg.n_heads, cfg.head_dim, width) for _ in self.layers),
+                       values=tuple(zeros(VALUES_AXES, batch, cfg.n_heads, width, cfg.head_dim)
+                                    for _ in self.layers),
+                       slots=jnp.zeros((batch, beams, max_len), jnp.int32), src_keys=src_keys,
+                       src_values=src_values, src_mask=src_mask)
+
+  def decode_step(self, tokens, index, langs, cache: DecodeCache):
+    """Logits [N, V] (float32) for the next token of every row, and the updated cache.
+
+    `tokens` [N] are the tokens at time `index` (a traced int32 scalar: one compiled step serves every time),
+    N = Bs * G rows as in the cache. The position of the token is `index` in every row: positions restart at 0
+    for a target, whatever the source length. `langs` ([N] ids, or None) is the *target* language; for an NMT
+    decoder its embedding is the only signal of the output language (the first token is always `</s>`). Equal
+    to the full-sequence forward's logits at `index` for the same prefix (see tests/test_decode.py).
+    """
+    n_src, n_beams, max_len = cache.slots.shape
+    index = jnp.asarray(index, jnp.int32)
+    tokens = tokens[:, None]
+    positions = jnp.broadcast_to(index, tokens.shape)
+    h = self.embed(tokens, positions, None if langs is None else jnp.asarray(langs).reshape(tokens.shape))
+    h = nn.with_logical_constraint(h, ACTIVATION_AXES)
+    own = jnp.broadcast_to(jnp.arange(n_beams, dtype=jnp.int32)[None, :, None], (n_src, n_beams, 1))
+    slots = lax.dynamic_update_slice(cache.slots, own, (0, 0, index))
+    # row (b, g) reads, at each time j <= index, the one entry j * G + slot of its ancestor: [Bs, 1, G, T*G]
+    mine = slots[:, :, :, None] == jnp.arange(n_beams, dtype=jnp.int32)[None, None, None, :]
+    self_mask = (mine & (jnp.arange(max_len) <= index)[:, None]).reshape(n_src, 1, n_beams, max_len * n_beams)
+    keys, values = [], []
+    for i, layer in enumerate(self.layers):
+      h, k, v = layer.decode_step(h, cache.keys[i], cache.values[i], index, self_mask,
+                                  *((cache.src_keys[i], cache.src_values[i], cache.src_mask)
+                                    if self.cfg.is_decoder else ()))
+      keys.append(nn.with_logical_constraint(k, KEYS_AXES))
+      values.append(nn.with_logical_constraint(v, VALUES_AXES))
+    logits = nn.with_logical_constraint(self.predict(h[:, 0]), ("batch", "vocab"))
+    return logits, cache._replace(keys=tuple(keys), values=tuple(values), slots=slots)
 
   def __call__(self, tokens, positions=None, langs=None, segment_ids=None, *, causal: bool | None = None,
                deterministic: bool = True, src_hidden=None, src_segment_ids=None):
