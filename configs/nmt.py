@@ -34,8 +34,8 @@ def get_config(arg: str | None = None):
     c.data.languages = "xa,xb,xc"
     c.nmt.mt_steps = "xa-xb,xb-xa"
     c.nmt.src_len = c.nmt.tgt_len = 64
-    c.train.steps = 800
-    c.train.lr = 1e-3
+    c.train.steps = 500
+    c.train.lr = 2e-3
     c.train.warmup_steps = 100
     c.log.eval_every = 0
     c.checkpoint.every = 400
