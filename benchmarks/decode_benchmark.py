@@ -38,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from xlm_jax import decode  # noqa: E402
 from xlm_jax.model import TransformerConfig, init_params  # noqa: E402
+from xlm_jax.train.flops import measured_peak_flops  # noqa: E402
 
 BASELINE = {1: 27.0, 4: 10.0}       # sentences/s of the original XLM code, shared/reference/baselines.md
 TARGET_FACTOR = {1: 3.0, 4: 5.0}    # the targets, as multiples of those rates
@@ -264,6 +265,11 @@ def main(argv=None):
     xlm.close()
 
   load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+  # The ceiling of any implementation on this device: every decoding FLOP at the best square-matmul peak among
+  # the timed matmul input dtypes (float32 accumulation).
+  peaks = {dtype: measured_peak_flops.__wrapped__(dtype) for dtype in dtypes or ["float32"]}
+  peak_dtype, peak = max(peaks.items(), key=lambda kv: kv[1])
+  ceiling = {beam: args.batch / (decode_flops(args, beam) / peak) for beam in beams}
   rows = []
   for (impl, dtype, beam), ts in times.items():
     median = statistics.median(ts)
@@ -273,6 +279,7 @@ def main(argv=None):
     rows.append(dict(implementation=impl, dtype=dtype, beam=beam, median_s=median, runs_s=ts,
                      warmup_s=warmup[(impl, dtype, beam)], sentences_per_s=rate,
                      gflops_per_s=decode_flops(args, beam) / median / 1e9,
+                     share_of_peak=decode_flops(args, beam) / median / peak,
                      vs_xlm_same_run=(rate / same_run) if same_run and impl == "xlm_jax" else None,
                      vs_xlm_baselines_md=(rate / BASELINE[beam]) if beam in BASELINE and impl == "xlm_jax" else None))
 
@@ -288,6 +295,12 @@ def main(argv=None):
   for r in rows:
     print(f"| {r['implementation']} | {r['dtype']} | {r['beam']} | {r['median_s']:.3f} | {r['sentences_per_s']:.1f} |"
           f" {r['gflops_per_s']:.0f} | {fmt(r['vs_xlm_same_run'])} | {fmt(r['vs_xlm_baselines_md'])} |")
+  for beam in beams:
+    xlm_key = ("XLM (PyTorch)", "float32", beam)
+    xlm_rate = args.batch / statistics.median(times[xlm_key]) if xlm_key in times else BASELINE.get(beam)
+    bound = f" = {ceiling[beam] / xlm_rate:.1f}x XLM's rate" if xlm_rate else ""
+    print(f"ceiling, beam {beam}: every FLOP at the measured {peak_dtype} matmul peak ({peak / 1e9:.0f} GFLOP/s) gives "
+          f"{ceiling[beam]:.1f} sentences/s{bound}")
   print("targets: " + ", ".join(f"beam {b}: >= {TARGET_FACTOR[b]:.0f}x XLM ({TARGET_FACTOR[b] * BASELINE[b]:.0f} "
                                 f"sentences/s against baselines.md)" for b in beams if b in BASELINE))
   if load_start and load_start[0] > 0.5:           # measured before this process ran anything heavy
@@ -301,7 +314,11 @@ def main(argv=None):
     cpu_flags = ""
     if os.path.exists("/proc/cpuinfo"):
       cpu_flags = next((l.split(":", 1)[1] for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
-    result = dict(args=vars(args), rows=rows, baseline_sentences_per_s=BASELINE, target_factor=TARGET_FACTOR,
+    command = "python benchmarks/decode_benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = dict(command=command.strip(),
+                  args=vars(args), rows=rows, peak_gflops={d: p / 1e9 for d, p in peaks.items()},
+                  ceiling_sentences_per_s={str(b): c for b, c in ceiling.items()},
+                  baseline_sentences_per_s=BASELINE, target_factor=TARGET_FACTOR,
                   load_average_start=load_start, load_average_end=load_end,
                   machine=dict(cpus=os.cpu_count(), platform=platform.platform(), jax=jax.__version__,
                                avx512=("avx512f" in cpu_flags), avx512_bf16=("avx512_bf16" in cpu_flags)))

@@ -279,7 +279,8 @@ def main():
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-      json.dump({"results": results, "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
+      json.dump({"command": "python benchmarks/pipeline_benchmark.py " + " ".join(sys.argv[1:]),
+                 "results": results, "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
                  f"{platform.processor() or platform.platform()}", "jax": jax.__version__,
                  "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                  "load_average": os.getloadavg()}, f, indent=1)
