@@ -178,14 +178,13 @@ def section_multi30k_pretrain(lines):
   lines += table(["val pairs (1,014)", "acc with", "acc without", "ppl with", "ppl without", "masked tokens"], rows)
   lines.append("")
   alone = load("czech_cs_alone.json")
-  plus = [load(n) for n in ("czech_cs_plus_en_de_fr.json", "czech_cs_plus_alpha0.5.json",
-                            "czech_cs_plus_alpha0.3.json")]
+  plus = [load(n) for n in ("czech_cs_plus_alpha0.5.json", "czech_cs_plus_alpha0.3.json")]
   if alone and any(plus):
     a = alone["cs_alone"]
     rows = [["2,000 Czech sentences alone", "-", f"{a['cs_val_ppl']:.1f}", f"{100 * a['cs_val_acc']:.1f}%"]]
     for d in filter(None, plus):
       (name, r), = [(k, v) for k, v in d.items() if k.startswith("cs_plus")]
-      rows.append(["the same + en/de/fr monolingual (29,000 sentences each)", f"{r.get('lg_sampling_factor', 0.7)}",
+      rows.append(["the same + en/de/fr monolingual (29,000 sentences each)", f"{r['lg_sampling_factor']}",
                    f"{r['cs_val_ppl']:.1f}", f"{100 * r['cs_val_acc']:.1f}%"])
     lines += ["### Low resource: Czech masked-LM perplexity on the Czech val set", "",
               "2,000 Czech training sentences; same model (`configs/multi30k.py:small`), 2,500 steps, batch and "
@@ -201,16 +200,19 @@ def section_multi30k_pretrain(lines):
 def section_multi30k_nmt(lines):
   runs = {}
   machine = ""
-  for f in sorted(glob.glob(os.path.join(RESULTS, "gpu", "nmt_*.json"))):
-    d = json.load(open(f))
+  for _, d in each_result(os.path.join("gpu", "nmt_*.json")):
     machine = d.get("machine", machine)
     runs.update({k: v for k, v in d.items() if isinstance(v, dict)})
   if not runs:
     return
+  steps = lambda prefix: sorted({r["steps"] for k, r in runs.items() if k.startswith(prefix)})
+  nmt_steps = ",".join(map(str, steps("en")))
+  unsup_steps = ",".join(map(str, steps("unsup")))
   lines += ["## Multi30k translation (test_2016_flickr, detokenized sacreBLEU, greedy)", "",
             f"Machine: {machine}", "",
             "Command: `XLM_JAX_MULTI30K=... STEPS=4000 CZECH_RUNS= benchmarks/gpu_experiments.sh pretrain OUT` then "
-            "`XLM_JAX_MULTI30K=... NMT_STEPS=3000 UNSUP_STEPS=... benchmarks/gpu_experiments.sh nmt OUT` "
+            f"`XLM_JAX_MULTI30K=... NMT_STEPS={nmt_steps} UNSUP_STEPS={unsup_steps} benchmarks/gpu_experiments.sh nmt "
+            "OUT` "
             "(each run is `benchmarks/multi30k_nmt.py`; configs `configs/nmt.py:multi30k` and `:multi30k_unsup`, "
             "seeded from `configs/multi30k.py:small` pretrained 4,000 steps). Tokenized BLEU (Moses-tokenized, as "
             "multi-bleu.perl) in brackets.", ""]
