@@ -4,7 +4,7 @@ Processes are simulated in-process: `PretrainBatches(..., process_index=i, proce
 that multi-process runs use (`TokenStream(in_memory_max_tokens=0)`, `PairStore(in_memory=False)`), with every
 `PreparedText.read` counted. The data sits in one ArrayRecord file per split (one shard), fewer than the
 processes: reading is by record, never by shard, so no process reads a whole file or sits idle.
-(tests/test_multihost.py checks that two real processes train exactly like one.)
+(tests/test_distributed.py checks that two real processes train exactly like one.)
 """
 from __future__ import annotations
 

@@ -53,8 +53,8 @@ def run_task(config, workdir: str | None) -> int:
   try:
     enable_compilation_cache(config.compilation_cache_dir)
     from xlm_jax import parallel
-    parallel.maybe_initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
-                                          config.distributed.process_id)
+    parallel.initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
+                                    config.distributed.process_id, config.distributed.timeout_s)
     if config.task == "pretrain":
       from xlm_jax.train import pretrain
       pretrain.run(config, workdir)

@@ -105,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.accumulate_gradients = 1     # micro-batches per update (batch_size must divide)
 
   c.mesh = ml_collections.ConfigDict()
+  c.mesh.preset = ""                   # dp | fsdp | fsdp_tp: sizes filled from the devices; '' = the sizes below
   c.mesh.data = -1                     # -1: all devices not used by the other axes
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
@@ -126,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator = ""       # host:port of process 0; '' = single process or auto-detect (TPU, SLURM)
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
+  c.distributed.timeout_s = 300        # wait for the coordinator and every process, then stop naming the address
   return c
 
 

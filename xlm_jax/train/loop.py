@@ -185,8 +185,8 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     if latest is not None:
       writer.log(f"resumed from {workdir}/checkpoints/{latest} at step {start_step}")
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    writer.log(f"{task.name}: {n_params:,} parameters, mesh {dict(mesh.shape)}, {jax.device_count()} devices, "
-               f"{total_steps} steps")
+    writer.log(f"{task.name}: {n_params:,} parameters, {total_steps} steps")
+    writer.log(parallel.topology_summary(mesh, int(config.data.batch_size), int(config.train.accumulate_gradients)))
 
     data_sharding = parallel.batch_sharding(mesh)
     step_fn = jax.jit(make_train_step(task.loss, tx, schedule, int(config.train.accumulate_gradients)),
@@ -219,8 +219,9 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     stop_requested = StopSignal()
     from xlm_jax.data.pipeline import DataIterator, batch_checksum
     iterator = DataIterator(task.batches, start_step)
-    checksums = open(f"{workdir}/batch_checksums.jsonl", "a") if config.log.batch_checksums and writer.enabled \
-        else None
+    # every process records the checksums of its own rows (process i > 0 in batch_checksums.process<i>.jsonl)
+    suffix = f".process{jax.process_index()}" if jax.process_index() else ""
+    checksums = open(f"{workdir}/batch_checksums{suffix}.jsonl", "a") if config.log.batch_checksums else None
     pending = None  # (step, metrics on device, flops, tokens) of the previous step
     window = {"t0": None, "steps": 0, "flops": 0.0, "tokens": 0, "sums": {}}
     last_eval: dict[str, float] = {}

@@ -315,10 +315,7 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
   bptt = int(config.data.bptt)
   if bptt > config.model.max_positions:
     raise UserError(f"config.data.bptt={bptt} exceeds config.model.max_positions={config.model.max_positions}.")
-  divisor = parallel.batch_divisor(mesh) * int(config.train.accumulate_gradients)
-  if config.data.batch_size % divisor:
-    raise UserError(f"config.data.batch_size={config.data.batch_size} must be a multiple of {divisor} (devices on "
-                    "the data and fsdp mesh axes times accumulate_gradients).")
+  parallel.check_batch(int(config.data.batch_size), mesh, int(config.train.accumulate_gradients))
   corpus = corpus or make_corpus(config, workdir, languages)
   mono_langs = sorted({s.langs[0] for s in specs if len(s.langs) == 1})
   pairs = sorted({tuple(sorted(s.langs)) for s in specs if len(s.langs) == 2})
