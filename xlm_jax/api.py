@@ -43,7 +43,9 @@ class Bundle:
     if self.model_config.vocab_size != self.tokenizer.vocab_size:
       raise UserError(f"bundle {path!r}: the tokenizer has {self.tokenizer.vocab_size} tokens but the model "
                       f"{self.model_config.vocab_size}; the bundle is inconsistent.")
-    self.model = Transformer(self.model_config.replace(dtype="float32", dropout=0.0, attention_dropout=0.0))
+    # parameters come back unrolled (checkpoint.restore_params), whatever layout the run trained in
+    self.model = Transformer(self.model_config.replace(dtype="float32", dropout=0.0, attention_dropout=0.0,
+                                                       scan_layers=False))
     self._warned_langs = False
 
   @property

@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from xlm_jax.errors import UserError
+from xlm_jax.model import layout
 
 BUNDLE_FORMAT = "xlm_jax.bundle/1"
 ITEMS = ("params", "train", "meta", "data")
@@ -82,12 +83,24 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
   def restore(self, step: int, params_target: Any, train_target: Any = None) -> dict:
-    items = {"params": ocp.args.StandardRestore(params_target), "meta": ocp.args.JsonRestore()}
+    """Restore step `step` onto the targets' shapes and shardings. A checkpoint written with the other layer
+    layout (`scan_layers` switched since) is read in its own layout and converted (`xlm_jax.model.layout`)."""
+    stored = layout.is_stacked(_stored_tree(os.path.join(self.root, str(step), "params")))
+    wanted = layout.is_stacked(params_target)
+    convert = stored is not None and wanted is not None and stored != wanted
+    read_as = (lambda t: layout.to_layout(t, stored)) if convert else (lambda t: t)
+    items = {"params": ocp.args.StandardRestore(read_as(params_target)), "meta": ocp.args.JsonRestore()}
     if train_target is not None:
-      items["train"] = ocp.args.StandardRestore(train_target)
+      items["train"] = ocp.args.StandardRestore(read_as(train_target))
       items["data"] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return {k: restored[k] for k in items}
+    out = {k: restored[k] for k in items}
+    if convert:
+      for key, target in (("params", params_target), ("train", train_target)):
+        if key in out:
+          out[key] = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), layout.to_layout(out[key], wanted),
+                                  target)
+    return out
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -95,6 +108,13 @@ class Checkpointer:
   def close(self):
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _stored_tree(params_dir: str) -> Any:
+  """The tree structure (leaf metadata) of a saved params item."""
+  structure = ocp.StandardCheckpointer().metadata(params_dir)
+  tree = getattr(structure, "item_metadata", structure)
+  return getattr(tree, "tree", tree)  # orbax wraps the nested dict in a tree-metadata object
 
 
 def read_meta(path: str) -> dict:
@@ -121,14 +141,20 @@ def restore_params(path: str, target: Any = None) -> tuple[Any, dict]:
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax warns about item-level metadata it does not need
   checkpointer = ocp.StandardCheckpointer()
   params_dir = os.path.join(root, str(step), "params")
-  if target is None:
-    structure = checkpointer.metadata(params_dir)
-    tree = getattr(structure, "item_metadata", structure)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                                         sharding=jax.sharding.SingleDeviceSharding(
-                                                             jax.local_devices(backend="cpu")[0])),
-                          tree, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-  params = checkpointer.restore(params_dir, target)
+  stored_tree = _stored_tree(params_dir)
+  stored = layout.is_stacked(stored_tree)
+  if target is None:  # host arrays, always in the unrolled layout (what inference and NMT seeding build)
+    cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    as_stored = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu), stored_tree,
+                             is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    params = checkpointer.restore(params_dir, as_stored)
+    return (layout.to_layout(jax.device_get(params), False) if stored else params), meta
+  wanted = layout.is_stacked(target)
+  if stored is not None and wanted is not None and stored != wanted:
+    params = checkpointer.restore(params_dir, layout.to_layout(target, stored))
+    params = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), layout.to_layout(params, wanted), target)
+  else:
+    params = checkpointer.restore(params_dir, target)
   return params, meta
 
 

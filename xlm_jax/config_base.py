@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.1
   c.model.attention_dropout = 0.1
   c.model.dtype = "float32"            # matmul input dtype: float32 | bfloat16 (f32 accumulation and weights)
-  c.model.remat = False                # recompute layer activations in the backward pass (saves memory)
+  c.model.remat = "none"               # recompute in the backward pass: none | full | dots_saveable (keep matmuls)
+  c.model.scan_layers = False          # one nn.scan over the layers (fast compiles for deep models; stacked params)
   c.model.decoder_layers = 0           # NMT decoder depth; 0 = as deep as the encoder
 
   c.data = ml_collections.ConfigDict()

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 ACTIVATIONS = ("gelu", "relu")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,10 @@ class TransformerConfig:
     (CLM training on an MLM model, or the NMT decoder which is always causal).
   - `dtype` is the matmul input dtype; accumulation, LayerNorm, softmax and the residual stream stay float32, and
     parameters are always stored in float32.
+  - `remat` (none | full | dots_saveable: keep only matmul outputs) and `scan_layers` (one `nn.scan` over the
+    layers, parameters stacked under `layers` with a leading layer axis, instead of `layers_0..n-1`) change memory
+    and compile time, not the function; `xlm_jax.model.layout` converts between the two parameter layouts.
+    `remat` also accepts the booleans of older bundles (False = none, True = full).
   """
 
   vocab_size: int
@@ -44,10 +49,15 @@ class TransformerConfig:
   pad_id: int = 2
   is_decoder: bool = False
   dtype: str = "float32"
-  remat: bool = False
+  remat: str = "none"
+  scan_layers: bool = False
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
     problems = []
+    if self.remat not in REMAT_POLICIES:
+      problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
     if self.emb_dim % self.n_heads:
       problems.append(f"emb_dim={self.emb_dim} is not divisible by n_heads={self.n_heads}")
     if self.activation not in ACTIVATIONS:

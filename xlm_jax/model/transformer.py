@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -91,6 +92,22 @@ class TransformerBlock(nn.Module):
     return nn.with_logical_constraint(h, ACTIVATION_AXES), keys, values
 
 
+class ScanStep(TransformerBlock):
+  """`TransformerBlock` as the body of `nn.scan`: returns (carry, no output)."""
+
+  def __call__(self, h, self_mask, keep, deterministic: bool, src=None, cross_mask=None):
+    return super().__call__(h, self_mask, keep, deterministic, src, cross_mask), None
+
+
+def _remat(block, policy: str):
+  """`block` recomputed in the backward pass under `policy` (see TransformerConfig.remat); `deterministic`
+  (argument 4, counting self) is static."""
+  if policy == "none":
+    return block
+  return nn.remat(block, static_argnums=(4,),
+                  policy=jax.checkpoint_policies.dots_saveable if policy == "dots_saveable" else None)
+
+
 class DecodeCache(NamedTuple):
   """Everything incremental decoding carries from one step to the next: an explicit pytree, no hidden state.
 
@@ -141,8 +158,12 @@ class Transformer(nn.Module):
     if cfg.has_lang_emb:
       self.lang_embeddings = Embedding(cfg.n_langs, cfg.emb_dim, (None, "embed"))
     self.layer_norm_emb = LayerNorm(cfg.layer_norm_eps)
-    block = nn.remat(TransformerBlock, static_argnums=(4,)) if cfg.remat else TransformerBlock
-    self.layers = [block(cfg) for _ in range(cfg.n_layers)]
+    if cfg.scan_layers:  # one scanned layer, parameters stacked on a leading `layers` axis
+      self.layers = nn.scan(_remat(ScanStep, cfg.remat), variable_axes={"params": 0},
+                            split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,) * 5,
+                            length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+    else:
+      self.layers = [_remat(TransformerBlock, cfg.remat)(cfg) for _ in range(cfg.n_layers)]
     self.pred_bias = self.param("pred_bias", nn.with_logical_partitioning(torch_linear_init(cfg.emb_dim), ("vocab",)),
                                 (cfg.vocab_size,))
     self.dropout = nn.Dropout(cfg.dropout)
@@ -184,6 +205,8 @@ class Transformer(nn.Module):
       if src_hidden is None or src_segment_ids is None:
         raise ValueError("a decoder needs src_hidden and src_segment_ids")
       cross_mask = attention_mask(segment_ids, src_segment_ids, False)
+    if cfg.scan_layers:
+      return self.layers(h, self_mask, keep, deterministic, src_hidden, cross_mask)[0]
     for layer in self.layers:
       h = layer(h, self_mask, keep, deterministic, src_hidden, cross_mask)
     return h
@@ -199,6 +222,11 @@ class Transformer(nn.Module):
 
   # --- incremental decoding -------------------------------------------------------------------------------------
 
+  def _check_unrolled(self):
+    if self.cfg.scan_layers:
+      raise ValueError("incremental decoding runs layer by layer: build the model with scan_layers=False and "
+                       "convert the parameters with xlm_jax.model.layout.to_layout(params, scan_layers=False)")
+
   def init_cache(self, max_len: int, *, beams: int = 1, src_hidden=None, src_segment_ids=None,
                  batch: int | None = None) -> DecodeCache:
     """An empty `DecodeCache` for `batch` sentences x `beams` rows each and at most `max_len` target tokens.
@@ -209,6 +237,7 @@ class Transformer(nn.Module):
     Non-decoders (incremental CLM) pass `batch` instead.
     """
     cfg = self.cfg
+    self._check_unrolled()
     if cfg.is_decoder:
       if src_hidden is None or src_segment_ids is None:
         raise ValueError("a decoder's cache needs src_hidden and src_segment_ids")
@@ -237,6 +266,7 @@ class Transformer(nn.Module):
     decoder its embedding is the only signal of the output language (the first token is always `</s>`). Equal
     to the full-sequence forward's logits at `index` for the same prefix (see tests/test_decode.py).
     """
+    self._check_unrolled()
     n_src, n_beams, max_len = cache.slots.shape
     index = jnp.asarray(index, jnp.int32)
     tokens = tokens[:, None]

@@ -84,9 +84,13 @@ def check_bundles_agree(enc_meta: Mapping, dec_meta: Mapping) -> None:
 
 def model_configs(config, meta: Mapping | None, vocab_size: int, n_langs: int, pad_id: int):
   """Encoder and decoder configs: the bundle's shapes (dropout and compute dtype from `config.model`)."""
+  if config.model.scan_layers:
+    raise UserError("config.model.scan_layers=True is for pretraining; NMT decodes layer by layer (KV cache), so "
+                    "its layers stay unrolled: drop the setting (a scanned pretraining bundle seeds NMT as is).")
   run = {k: config.model[k] for k in ("dropout", "attention_dropout", "dtype", "remat")}
   if meta is not None:  # the bundle decides the shapes; config.model's shape fields are for runs without one
-    enc = TransformerConfig.from_dict(meta["model"]).replace(is_decoder=False, causal=False, **run)
+    enc = TransformerConfig.from_dict(meta["model"]).replace(is_decoder=False, causal=False, scan_layers=False,
+                                                             **run)
   else:
     enc = pretrain.model_config(config, vocab_size, n_langs, pad_id)
   dec_layers = config.model.decoder_layers or enc.n_layers

@@ -57,7 +57,7 @@ def check_resume(meta: Mapping, config, languages: list[str], workdir: str) -> N
   saved = TransformerConfig.from_dict(meta["model"])
   wanted = model_config(config, saved.vocab_size, len(languages), saved.pad_id)
   differ = [f"{k}: checkpoint {v!r}, config {getattr(wanted, k)!r}" for k, v in saved.to_dict().items()
-            if getattr(wanted, k) != v and k not in ("dropout", "attention_dropout", "dtype", "remat")]
+            if getattr(wanted, k) != v and k not in ("dropout", "attention_dropout", "dtype", "remat", "scan_layers")]
   if list(meta.get("languages", [])) != list(languages):
     differ.append(f"languages: checkpoint {meta.get('languages')}, config {languages}")
   if differ:
