@@ -4,7 +4,9 @@ Conventions shared by every block:
 - Parameters are float32 and carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`); a rules table in
   the config maps them onto the mesh. Nothing here knows about meshes.
 - `dtype` is the dtype of matmul *inputs*; every matmul accumulates and returns float32
-  (`preferred_element_type=float32`), so bfloat16 runs keep float32 LayerNorm, softmax and residuals.
+  (`preferred_element_type=float32`), so bfloat16 runs keep float32 LayerNorm, softmax and residuals. The
+  training-path products go through `mixed_einsum`, whose backward pass also runs its dots on bfloat16 inputs
+  (plain autodiff would hand XLA a float32 cotangent and every gradient dot would run at the float32 rate).
 - Initialisation follows the reference: embeddings N(0, dim**-0.5) with the pad row zeroed, linear layers with
   PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, LayerNorm 1/0.
 - Attention has a full-sequence path (`__call__`) and an incremental one (`cached_self_attention`,
@@ -13,6 +15,7 @@ Conventions shared by every block:
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -55,6 +58,52 @@ def sinusoidal_table(n_positions: int, dim: int) -> jnp.ndarray:
   return jnp.where(j % 2 == 0, jnp.sin(angle), jnp.cos(angle))
 
 
+def _einsum_f32(spec: str, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _low_precision_einsum(spec: str, dtype, a_dtype, b_dtype, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  return _einsum_f32(spec, a.astype(dtype), b.astype(dtype))
+
+
+def _low_precision_einsum_fwd(spec, dtype, a_dtype, b_dtype, a, b):
+  a, b = a.astype(dtype), b.astype(dtype)
+  return _einsum_f32(spec, a, b), (a, b)  # residuals kept in the compute dtype: half the memory of float32
+
+
+def _low_precision_einsum_bwd(spec, dtype, a_dtype, b_dtype, residuals, g):
+  a, b = residuals
+  inputs, out = spec.split("->")
+  a_spec, b_spec = inputs.split(",")
+  g = g.astype(dtype)  # the cast plain autodiff lacks: with a float32 g, XLA:CPU upcasts both dots to float32
+  return (_einsum_f32(f"{out},{b_spec}->{a_spec}", g, b).astype(a_dtype),
+          _einsum_f32(f"{a_spec},{out}->{b_spec}", a, g).astype(b_dtype))
+
+
+_low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
+
+
+def mixed_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
+  """`einsum(spec, a, b)` on inputs cast to `dtype`, accumulated and returned in float32, forward and backward.
+
+  float32 is plain autodiff. A lower `dtype` (bfloat16) has a custom VJP that casts the incoming cotangent to
+  `dtype` too, so the input-gradient and weight-gradient dots are bf16 x bf16 -> f32 as well; gradients come
+  back in float32 (the dtype of `a` and `b`), accumulated in float32, never rounded to bfloat16.
+  Contract: `spec` is explicit ('ab,bc->ac'), two operands, and every index appears in exactly two of the three
+  terms (a plain contraction or batch index), which is what makes the two backward products einsums of the
+  same form. The trap it avoids: weight gradients contract over the token axes; XLA:CPU runs those at the
+  float32 rate unless both operands are bfloat16.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return _einsum_f32(spec, a, b)
+  return _low_precision_einsum(spec, jnp.dtype(dtype), jnp.dtype(a.dtype), jnp.dtype(b.dtype), a, b)
+
+
+def _letters(n: int, start: int = 0) -> str:
+  return "".join(chr(ord("a") + start + i) for i in range(n))
+
+
 class Linear(nn.Module):
   """y = x . W + b contracting the last `len(in_shape)` axes of x, with float32 accumulation.
 
@@ -77,10 +126,10 @@ class Linear(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(torch_linear_init(fan_in), self.kernel_axes),
         in_shape + features, jnp.float32)
-    contract_x = tuple(range(x.ndim - self.n_contract, x.ndim))
-    contract_k = tuple(range(self.n_contract))
-    y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), ((contract_x, contract_k), ((), ())),
-                        preferred_element_type=jnp.float32)
+    batch = _letters(x.ndim - self.n_contract)
+    contract = _letters(self.n_contract, len(batch))
+    out = _letters(len(features), len(batch) + len(contract))
+    y = mixed_einsum(f"{batch}{contract},{contract}{out}->{batch}{out}", x, kernel, self.dtype)
     if self.use_bias:
       bias = self.param(
           "bias", nn.with_logical_partitioning(torch_linear_init(fan_in), self.kernel_axes[self.n_contract:]),
@@ -123,8 +172,8 @@ class Embedding(nn.Module):
     return jnp.take(self.embedding, ids, axis=0)
 
   def attend(self, x: jnp.ndarray) -> jnp.ndarray:
-    return lax.dot_general(x.astype(self.dtype), self.embedding.astype(self.dtype), (((x.ndim - 1,), (1,)), ((), ())),
-                           preferred_element_type=jnp.float32)
+    batch = _letters(x.ndim - 1)
+    return mixed_einsum(f"{batch}y,zy->{batch}z", x, self.embedding, self.dtype)
 
 
 def attention_mask(q_segments: jnp.ndarray, k_segments: jnp.ndarray, causal: bool,
@@ -185,14 +234,16 @@ class MultiHeadAttention(nn.Module):
 
   def attend(self, q, k, v, mask, deterministic: bool = True) -> jnp.ndarray:
     """softmax(q.k^T masked) . v, then the output projection: [B, Q, D]; q/k/v as from `queries`/`keys_values`."""
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q.astype(self.dtype), k.astype(self.dtype),
-                        preferred_element_type=jnp.float32)
+    # Head-major [B, H, L, Dh] so that the batch axes lead in every product, backward ones included: XLA:CPU
+    # (jax 0.10) rejects some bf16 x bf16 -> f32 batched dots whose batch axes are not leading ("Unsupported
+    # element type for DotThunk::Execute"), e.g. the value gradient 'bqhd,bhqk->bkhd'.
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    scores = mixed_einsum("bhqd,bhkd->bhqk", q, k, self.dtype)
     scores = jnp.where(mask, scores, NEG_INF)
     weights = jax.nn.softmax(scores, axis=-1)
     weights = self.Dropout_0(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v.astype(self.dtype),
-                     preferred_element_type=jnp.float32)
-    return self.out_lin(out)
+    out = mixed_einsum("bhqk,bhkd->bhqd", weights, v, self.dtype)
+    return self.out_lin(jnp.swapaxes(out, 1, 2))
 
   def __call__(self, x: jnp.ndarray, kv: jnp.ndarray, mask: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
     return self.attend(self.queries(x), *self.keys_values(kv), mask, deterministic)
