@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 
 from configs.multi30k import get_config  # noqa: E402
 from xlm_jax import parallel  # noqa: E402
-from xlm_jax.data.packing import PairDirection, PairStore  # noqa: E402
-from xlm_jax.data.pipeline import PackedPairRows, row_rng  # noqa: E402
+from xlm_jax.data.mixture import row_rng  # noqa: E402
+from xlm_jax.data.rows import PairIndex, TlmRows  # noqa: E402
 from xlm_jax.evaluate import tlm_context_accuracy  # noqa: E402
 from xlm_jax.train import pretrain  # noqa: E402
 
@@ -36,12 +36,11 @@ def packing_stats(context, length: int, group: int, pool: float, n_rows: int = 2
   para = context["para"][("en", "fr")]
   lang2id = context["lang2id"]
   tok = context["tokenizer"]
-  store = PairStore(para, "train", length)
-  direction = PairDirection(store, swap=False, lang1=lang2id["en"], lang2=lang2id["fr"], eos_id=tok.eos_id)
-  rows = PackedPairRows(direction, length, tok.pad_id, pool)
-  drawn = [r for g in range(n_rows // group) for r in rows.draw_rows(row_rng(0, 0, g, 0), group)]
-  packed = np.mean([np.mean(r[3] > 0) for r in drawn])
-  segments = [r[3] for r in drawn]
+  store = PairIndex(para.store("train", 0), para.store("train", 1), length)
+  rows = TlmRows(store, swap=False, lang1=lang2id["en"], lang2=lang2id["fr"], length=length, pad_id=tok.pad_id,
+                 pool=pool)
+  segments = [s for g in range(n_rows // group) for s in rows.rows(row_rng(0, 0, g, 0), group)["segment_ids"]]
+  packed = np.mean([np.mean(s > 0) for s in segments])
   per_example = [np.bincount(s[s > 0])[1:] for s in segments]
   packed_mean_len = float(np.mean(np.concatenate(per_example)))
   lengths = para.lengths("train").sum(1) + 4

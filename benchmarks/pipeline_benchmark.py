@@ -1,10 +1,11 @@
-"""Input-pipeline throughput on ONE core against the model's consumption rate (issue #4: the pipeline must not be
-the bottleneck, >= 10x the model's rate at the demo size).
+"""Input-pipeline throughput against the model's consumption rate (issue #8), one `key=value` line per measurement:
 
-  python benchmarks/pipeline_benchmark.py                                  # demo and base
-  python benchmarks/pipeline_benchmark.py --configs demo --out benchmarks/results/pipeline_demo.json
-  python benchmarks/pipeline_benchmark.py --configs base --model-steps 2 --model-repeats 1
-  # the model's rate on an accelerator host (no corpus or TFDS needed there), against the CPU pipeline rates:
+  case=<demo|base> impl=<new|old_memory|old_lazy> workers=<n> tokens_per_s=... model_tokens_per_s=... ratio=...
+
+  git worktree add /tmp/xlm_old d92c5a6     # the code before issue #8, for its two paths
+  flock -x /tmp/xlm_cpu.lock python benchmarks/pipeline_benchmark.py --old-tree /tmp/xlm_old \
+      --out benchmarks/results/pipeline_cpu.json
+  # the model's rate on an accelerator host (no corpus needed there), against the CPU pipeline rates:
   python benchmarks/pipeline_benchmark.py --out cpu.json --dump-batches batches/         # here
   python benchmarks/pipeline_benchmark.py --model-from batches/ --pipeline-json cpu.json  # on the GPU host
 
@@ -15,17 +16,22 @@ Configs (their batches exactly as training builds them, via `pretrain.build_task
         MLM on 3 languages and TLM on 4 directions, 64 x 128 per objective; d=512, 6 layers, V=10000.
 
 What is timed:
-  pipeline  `PretrainBatches.batch(step)` for consecutive steps: everything the host does for a step (language
-            sampling, stream rows, pair packing, masking, stacking), i.e. the work of the loop's data thread. On
-            ONE core: the measuring thread is pinned to CPU 0 (`os.sched_setaffinity`, after JAX has started its
-            own thread pool, which keeps every core) and numpy's BLAS/OpenMP pools are limited to one thread (they
-            are not used on this path anyway); the thread's CPU time is reported beside the wall time. Two ways
-            to hold the data: `memory` (one process: prepared splits in memory) and `lazy` (multi-process runs:
-            every record read from its ArrayRecord file on demand).
-  model     the jitted, donated train step of the same config on batches from the same pipeline, on all cores
-            (as benchmarks/train_benchmark.py), after one compiling step.
-  tokens    real tokens (segment id > 0) of all objectives of a step; rates are medians over repeats.
-The machine is shared and noisy: prefer medians of several repeats and compare ratios, not absolute rates.
+  new, workers=0   `Mixture.batch(step)` for consecutive steps in this thread, pinned to one CPU: everything the
+                   host does for a step (language sampling, stream rows from the memory-mapped stores, TLM packing,
+                   80/10/10 masking): packed, masked MLM+TLM batches.
+  new, workers=n   the Grain loader (`data/loader.py`) with n worker processes, this process and its workers
+                   confined to n CPUs (`os.sched_setaffinity`, inherited by the spawned workers): batches delivered
+                   to the consumer per second, after 5 warm-up batches (worker start-up excluded).
+  old_memory/lazy  the code before issue #8 (`--old-tree`: a `git worktree` of that commit), run by its own
+                   benchmark script in a subprocess of this run, one core: its in-memory and lazy (per-record
+                   ArrayRecord reads) paths.
+  model            the jitted, donated train step of the same config on batches from the same pipeline, on all
+                   cores, after one compiling step. ratio = tokens_per_s / model_tokens_per_s.
+  tokens           real tokens (segment id > 0) of all objectives of a step; rates are medians over repeats.
+  workers needed   for the H100 model rates recorded in `--h100`: ceil(H100 model rate / one worker's rate), with
+                   this CPU's rate and with it scaled by the H100 host's old in-memory rate over this CPU's (the
+                   same code measured on both CPUs: an estimate of the host CPU's speed).
+The machine is shared and noisy: run under `flock -x /tmp/xlm_cpu.lock` and compare ratios, not absolute rates.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # n
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -49,7 +56,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xlm_jax import parallel  # noqa: E402
-from xlm_jax.data.pipeline import PretrainBatches  # noqa: E402
+from xlm_jax.data.loader import Loader  # noqa: E402
+from xlm_jax.data.mixture import Mixture  # noqa: E402
 from xlm_jax.train import pretrain  # noqa: E402
 
 CONFIGS = {"demo": ("configs.demo", "pretrain"), "base": ("configs.multi30k", "base")}
@@ -82,7 +90,7 @@ def step_tokens(batch) -> int:
   return sum(int(np.count_nonzero(b["segment_ids"])) for b in batch.values())
 
 
-def time_pipeline(batches: PretrainBatches, steps: int, repeats: int, first_step: int = 1000) -> dict:
+def time_pipeline(batches: Mixture, steps: int, repeats: int, first_step: int = 1000) -> dict:
   """Tokens/s of `batches.batch(step)` on one core: median over `repeats` runs of `steps` consecutive steps."""
   rates, cpu_shares, step_ms = [], [], []
   with one_core():
@@ -134,14 +142,62 @@ def time_model(init_params, loss, local: list, config, mesh, repeats: int) -> di
           "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
 
 
-def lazy_batches(config, context) -> PretrainBatches:
-  """The same batches as the task's, over stores that read every record on demand (multi-process mode)."""
-  entries = pretrain.make_entries(context["specs"], "train", mono=context["mono"], para=context["para"],
-                                  lang2id=context["lang2id"], bptt=int(config.data.bptt),
-                                  tokenizer=context["tokenizer"], pack_pool=config.data.pack_pool, lazy=True)
-  return PretrainBatches(entries=entries, batch_size=config.data.batch_size, seq_len=int(config.data.bptt),
-                         masking=context["masking"], seed=config.seed, mixing=config.data.mixing,
-                         lg_sampling_factor=config.data.lg_sampling_factor, group_rows=config.data.pack_rows)
+def time_loader(batches: Mixture, workers: int, steps: int, repeats: int, first_step: int = 1000) -> dict:
+  """Tokens/s delivered by the Grain loader with `workers` processes, confined (with this process) to `workers`
+  CPUs: median over `repeats` windows of `steps` consecutive steps, after 5 warm-up steps."""
+  before = os.sched_getaffinity(0)
+  cpus = sorted(before)[:workers]
+  os.sched_setaffinity(0, set(cpus))  # the spawned workers inherit it
+  try:
+    loader = Loader(batches, first_step, first_step + 5 + steps * repeats, workers=workers)
+    for _ in range(5):
+      next(loader)
+    rates = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      tokens = sum(step_tokens(next(loader)[1]) for _ in range(steps))
+      rates.append(tokens / (time.perf_counter() - t))
+    loader.close()
+  finally:
+    os.sched_setaffinity(0, before)
+  return {"tokens_per_sec": statistics.median(rates), "runs_tokens_per_sec": [round(x) for x in rates],
+          "steps": steps, "repeats": repeats, "cpus": cpus}
+
+
+def old_paths(tree: str, names: list[str], repeats: int) -> dict:
+  """The in-memory and lazy paths of the code before issue #8, by the old tree's own benchmark script (a
+  subprocess of this run; its model timing cut to one step: only its pipeline rates are used)."""
+  import subprocess
+  out = os.path.join(tempfile.mkdtemp(prefix="xlm_old_bench_"), "old.json")
+  command = [sys.executable, os.path.join(tree, "benchmarks", "pipeline_benchmark.py"), "--configs", ",".join(names),
+             "--model-steps", "1", "--model-repeats", "1", "--repeats", str(repeats), "--out", out]
+  subprocess.run(command, cwd=tree, check=True, env={**os.environ, "PYTHONPATH": tree})
+  with open(out) as f:
+    results = json.load(f)["results"]
+  return {"commit": git_commit(tree), "command": " ".join(command[1:]),
+          "results": {n: {"memory": r["pipeline_memory"], "lazy": r["pipeline_lazy"]} for n, r in results.items()}}
+
+
+def git_commit(tree: str | None = None) -> str:
+  import subprocess
+  tree = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run(["git", "-C", tree, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def machine() -> str:
+  """CPU model, core count and the flags that decide bfloat16 speed."""
+  model, flags = platform.processor() or platform.platform(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name") and model == (platform.processor() or platform.platform()):
+          model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+  return f"{model}, {os.cpu_count()} cpus, {platform.machine()}, flags: {' '.join(shown) or 'none of avx2/avx512'}"
 
 
 def bench(name: str, args) -> dict:
@@ -152,9 +208,10 @@ def bench(name: str, args) -> dict:
   task, context = pretrain.build_task(config, workdir, mesh)
   build_s = time.perf_counter() - t
   cfg = context["model_config"]
-  steps = args.pipeline_steps or (40 if name == "demo" else 10)
-  memory = time_pipeline(task.batches, steps, args.repeats)
-  lazy = time_pipeline(lazy_batches(config, context), max(steps // 4, 2), args.repeats)
+  steps = args.pipeline_steps or (200 if name == "demo" else 50)
+  new = {"0": time_pipeline(task.batches, steps, args.repeats)}
+  for workers in (1, 2):
+    new[str(workers)] = time_loader(task.batches, workers, steps, args.repeats)
   model_steps = args.model_steps or (10 if name == "demo" else 2)
   model_repeats = args.model_repeats or (3 if name == "demo" else 1)
   local = [task.batches.batch(i) for i in range(model_steps)]
@@ -171,10 +228,7 @@ def bench(name: str, args) -> dict:
       "tokens_per_step": step_tokens(example),
       "model": {"emb_dim": cfg.emb_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "vocab": cfg.vocab_size,
                 "dtype": cfg.dtype},
-      "pipeline_memory": memory, "pipeline_lazy": lazy, "model_rate": model,
-      "ratio_memory": memory["tokens_per_sec"] / model["tokens_per_sec"],
-      "ratio_lazy": lazy["tokens_per_sec"] / model["tokens_per_sec"],
-      "build_s": build_s,
+      "pipeline_new": new, "model_rate": model, "build_s": build_s,
   }
 
 
@@ -214,35 +268,52 @@ def model_from(name: str, args, pipeline: dict | None) -> dict:
   result.update({"model_rate": model, "batch": {k: list(v["tokens"].shape) for k, v in local[0].items()},
                  "model": {"emb_dim": cfg.emb_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
                            "vocab": cfg.vocab_size, "dtype": cfg.dtype}})
-  for store in ("memory", "lazy"):
-    if f"pipeline_{store}" in result:
-      result[f"ratio_{store}"] = result[f"pipeline_{store}"]["tokens_per_sec"] / model["tokens_per_sec"]
   return result
 
 
-def table(results: dict) -> str:
-  """One line per config: the pipeline on one core (both stores), the model on all cores, and their ratios."""
-  cols = [("config", 7, "<"), ("batch per step", 26, "<"), ("model", 22, "<"), ("pipeline memory", 16, ">"),
-          ("pipeline lazy", 14, ">"), ("model", 10, ">"), ("memory/model", 13, ">"), ("lazy/model", 11, ">")]
-  lines = ["".join(f"{name:{align}{width}} " for name, width, align in cols),
-           "".join(f"{unit:{align}{width}} " for (_, width, align), unit in
-                   zip(cols, ["", "", "", "tok/s 1 core", "tok/s 1 core", "tok/s", "", ""]))]
+def measurement_lines(results: dict, old: dict | None, h100: dict | None) -> list[str]:
+  """The `key=value` lines: every pipeline measurement against the model's rate, the targets' ratios, and the
+  workers a 16-core H100 host needs."""
+  lines = []
   for name, r in results.items():
-    m = r["model"]
-    rate = lambda store: f"{r[f'pipeline_{store}']['tokens_per_sec']:,.0f}" if f"pipeline_{store}" in r else "-"
-    ratio = lambda store: f"{r[f'ratio_{store}']:,.1f}x" if f"ratio_{store}" in r else "-"
-    values = [name, " + ".join(f"{k} {a}x{b}" for k, (a, b) in r["batch"].items()),
-              f"d{m['emb_dim']} L{m['n_layers']} V{m['vocab']} {m['dtype']}", rate("memory"), rate("lazy"),
-              f"{r['model_rate']['tokens_per_sec']:,.0f}", ratio("memory"), ratio("lazy")]
-    lines.append("".join(f"{v:{align}{width}} " for v, (_, width, align) in zip(values, cols)))
-  return "\n".join(line.rstrip() for line in lines)
+    model = r["model_rate"]["tokens_per_sec"]
+    rates = {("new", int(w)): m["tokens_per_sec"] for w, m in r.get("pipeline_new", {}).items()}
+    for store in ("memory", "lazy"):
+      if old and name in old["results"]:
+        rates[(f"old_{store}", 1)] = old["results"][name][store]["tokens_per_sec"]
+    for (impl, workers), rate in rates.items():
+      lines.append(f"case={name} impl={impl} workers={workers} tokens_per_s={rate:.0f} "
+                   f"model_tokens_per_s={model:.0f} ratio={rate / model:.2f}")
+    one = rates.get(("new", 1))
+    if one and ("old_memory", 1) in rates:
+      lines.append(f"case={name} target=one_worker_vs_old_memory ratio={one / rates[('old_memory', 1)]:.2f} "
+                   "goal=2.0")
+      lines.append(f"case={name} target=one_worker_vs_old_lazy ratio={one / rates[('old_lazy', 1)]:.2f} goal=8.0")
+    if one and ("new", 2) in rates:
+      lines.append(f"case={name} target=two_workers_vs_one ratio={rates[('new', 2)] / one:.2f} goal=1.7")
+    if one:
+      lines.append(f"case={name} target=one_worker_vs_model ratio={one / model:.2f} goal=10.0")
+    if one and h100 and name in h100.get("results", {}):
+      gpu = h100["results"][name]["model_rate"]["tokens_per_sec"]
+      host_old = h100["results"][name].get("pipeline_memory", {}).get("tokens_per_sec")
+      line = (f"case={name} host=h100 model_tokens_per_s={gpu:.0f} per_worker_tokens_per_s={one:.0f} "
+              f"workers_needed={math.ceil(gpu / one)}")
+      if host_old and ("old_memory", 1) in rates:
+        scale = host_old / rates[("old_memory", 1)]
+        line += f" host_cpu_speed={scale:.2f} workers_needed_host_cpu={math.ceil(gpu / (one * scale))}"
+      lines.append(line + " cores=16 goal=8")
+  return lines
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--configs", default="demo,base", help="comma-separated: demo, base")
   parser.add_argument("--dtype", default=None, help="model compute dtype (default: the config's)")
-  parser.add_argument("--pipeline-steps", type=int, default=0, help="steps per pipeline run (default 40 / 10)")
+  parser.add_argument("--pipeline-steps", type=int, default=0, help="steps per pipeline run (default 200 / 50)")
+  parser.add_argument("--old-tree", default=None, help="a worktree of the commit before issue #8: its paths too")
+  parser.add_argument("--h100", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                     "pipeline_h100.json"),
+                      help="recorded H100 model rates, for the workers a 16-core GPU host needs")
   parser.add_argument("--repeats", type=int, default=5, help="pipeline runs (the median is reported)")
   parser.add_argument("--model-steps", type=int, default=0, help="timed train steps (default 10 demo / 2 base)")
   parser.add_argument("--model-repeats", type=int, default=0, help="model runs (default 3 demo / 1 base)")
@@ -268,20 +339,19 @@ def main():
     results = {name: model_from(name, args, pipeline) for name in names}
   else:
     results = {name: bench(name, args) for name in names}
-  print(table(results))
-  for name, r in results.items():
-    p, m = r.get("pipeline_memory"), r["model_rate"]
-    line = f"{name}: model {m['step_ms']:.1f} ms/step on {m['devices']} (compile {m['compile_s']:.0f} s)"
-    if p:
-      line += (f"; pipeline {p['step_ms']:.1f} ms/step on one core (thread CPU / wall {p['cpu_over_wall']:.2f}), "
-               f"{r['tokens_per_step']} tokens/step")
-    print(line)
+  old = old_paths(args.old_tree, names, args.repeats) if args.old_tree and not args.model_from else None
+  h100 = None
+  if args.h100 and os.path.exists(args.h100):
+    with open(args.h100) as f:
+      h100 = json.load(f)
+  lines = measurement_lines(results, old, h100)
+  print("\n".join(lines))
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
       json.dump({"command": "python benchmarks/pipeline_benchmark.py " + " ".join(sys.argv[1:]),
-                 "results": results, "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
-                 f"{platform.processor() or platform.platform()}", "jax": jax.__version__,
+                 "git_commit": git_commit(), "results": results, "old": old, "lines": lines,
+                 "machine": machine(), "jax": jax.__version__,
                  "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                  "load_average": os.getloadavg()}, f, indent=1)
 

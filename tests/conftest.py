@@ -60,6 +60,7 @@ TINY_FLAGS = {
     "model.n_heads": 4, "model.dtype": "float32", "train.steps": 20, "train.warmup_steps": 5,
     "checkpoint.every": 10, "log.every": 10, "log.eval_every": 0, "log.progress_bar": False,
     "log.peak_flops": 1e11, "compilation_cache_dir": JIT_CACHE,
+    "data.workers": 0,  # batches built in a thread: no worker start-up per test run (test_resume uses workers)
 }
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import run_main
-from xlm_jax.data.packing import PairStore
+from xlm_jax.data.rows import PairIndex
 from xlm_jax.data.sources import Corpus, LocalFolder
 from xlm_jax.errors import UserError
 from xlm_jax.io_utils import count_lines, read_lines
@@ -241,7 +241,7 @@ def test_empty_and_over_long_lines_are_dropped_and_counted(tmp_path, corpus_dir,
   assert int(mono.lengths("train")[5]) == len(tok.encode(mono_lines[7]))  # the long line is kept, two lines up
 
   # what training reports: the dropped lines, and the pairs too long for a row (never skipped silently)
-  store = PairStore(para, "train", max_tokens=24, in_memory=False)
+  store = PairIndex(para.store("train", 0), para.store("train", 1), max_tokens=24)
   lengths = para.lengths("train")
   assert store.n_too_long == int((lengths.sum(1) + 4 > 24).sum()) > 0
   assert len(store) + store.n_too_long == 995
@@ -270,7 +270,25 @@ def test_an_empty_pair_side_is_never_packed(tmp_path):
   # a line of characters the normaliser removes encodes to no token: counted as empty, like a blank line
   from xlm_jax.data.prepare import prepare
   p = prepare("t", str(tmp_path / "cache"), {"train": lambda: iter([("a b", "c"), ("d", "zero"), ("e", "f")])},
-              n_fields=2, encode=lambda t: [] if t == "zero" else [7] * len(t.split()), unk_id=3,
+              n_fields=2, encode=lambda t: [] if t == "zero" else [7] * len(t.split()), unk_id=3, eos_id=1,
               fingerprint={"x": 1})
   assert p.manifest["splits"]["train"]["dropped"]["empty"] == 1
   np.testing.assert_array_equal(p.lengths("train"), [[2, 1], [1, 1]])
+
+
+def test_a_corpus_file_that_changes_while_it_is_prepared_is_refused(tmp_path):
+  from xlm_jax.data.prepare import prepare
+  path = tmp_path / "train.xa"
+  path.write_text("a b\nc d\n" * 50)
+
+  def lines():
+    for i, line in enumerate(read_lines(str(path))):
+      if i == 10:  # another program appends to the file meanwhile
+        with open(path, "a") as f:
+          f.write("e f\n")
+      yield line
+
+  with pytest.raises(UserError, match=rf"{path} changed while .* was being prepared from it"):
+    prepare("t", str(tmp_path / "cache"), {"train": lines}, n_fields=1, encode=lambda t: [7] * len(t.split()),
+            unk_id=3, eos_id=1, fingerprint={"x": 1}, input_files=[str(path)])
+  assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith("manifest.json")]

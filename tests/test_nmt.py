@@ -114,7 +114,7 @@ def test_language_pair_absent_from_the_data(bundle, tmp_path, corpus_dir):
 
 
 def test_bad_step_specs_and_languages(bundle, tmp_path):
-  from xlm_jax.data.nmt_batches import parse_nmt_steps
+  from xlm_jax.data.mixture import parse_nmt_steps
   with pytest.raises(UserError, match="l1-l2-l1"):
     parse_nmt_steps("", "", "xa-xb-xc")
   with pytest.raises(UserError, match="'en-fr-en'"):

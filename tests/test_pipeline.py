@@ -1,14 +1,15 @@
-"""Prepared data, streams and pretraining batches: layout, determinism, process sharding, resume."""
+"""Prepared stores, streams and pretraining batches: layout, determinism, process sharding, workers, resume."""
 import os
 
 import numpy as np
 import pytest
 
+from xlm_jax.data.loader import Loader
 from xlm_jax.data.masking import MaskingConfig
-from xlm_jax.data.pipeline import (DataIterator, Entry, PretrainBatches, StreamRows, batch_checksum, parse_steps,
-                                   sampling_probs)
+from xlm_jax.data.mixture import (Entry, Mixture, NextTokenTargets, batch_checksum, mlm_targets, objectives,
+                                  parse_steps, sampling_probs)
+from xlm_jax.data.rows import StreamRows
 from xlm_jax.data.sources import Corpus, LocalFolder
-from xlm_jax.data.streams import TokenStream
 from xlm_jax.errors import UserError
 from xlm_jax.tokenizer import train_sentencepiece
 from xlm_jax.train.pretrain import prepare_mono
@@ -32,12 +33,10 @@ def make_batches(prepared, tok, process_index=0, process_count=1, mixing="shared
     lang = spec.langs[0]
     if lang not in prepared:
       raise UserError(f"no data for {lang!r}")
-    stream = TokenStream(prepared[lang], "train", 32, tok.eos_id)
-    entries.append(Entry(spec, StreamRows(stream, LANGS.index(lang), prepared[lang].manifest["splits"]["train"][
-        "sentences"])))
-  return PretrainBatches(entries=entries, batch_size=8, seq_len=32,
-                         masking=MaskingConfig(tok.vocab_size, tok.mask_id, 6), seed=3, mixing=mixing,
-                         process_index=process_index, process_count=process_count, group_rows=4)
+    entries.append(Entry(spec, StreamRows(prepared[lang].store("train"), 32, LANGS.index(lang))))
+  mlm = mlm_targets(MaskingConfig(tok.vocab_size, tok.mask_id, tuple(range(6))), 32)
+  return Mixture(objectives(entries, {"mlm": mlm, "clm": NextTokenTargets()}, -1.0), batch_size=8, seed=3,
+                 mixing=mixing, process_index=process_index, process_count=process_count, group_rows=4)
 
 
 def test_prepare_manifest_and_cache(setup, corpus_dir):
@@ -52,20 +51,41 @@ def test_prepare_manifest_and_cache(setup, corpus_dir):
   assert int(p.lengths("train")[5]) == len(tok.encode(lines[5]))
   again = prepare_mono(source, "xa", tok, cache)
   assert again.path == p.path  # reused, not rebuilt
+  stores = p.manifest["stores"]["train"]
+  assert stores[0]["sentences"] == split["sentences"] and len(stores[0]["tokens"]["blake2b"]) == 32
+
+
+def test_a_damaged_store_is_prepared_again_with_a_notice(setup, tmp_path, capsys):
+  source, tok, _, _ = setup
+  cache = str(tmp_path)
+  p = prepare_mono(source, "xc", tok, cache)
+  before = p.read("train", [3])[0]
+  tokens = os.path.join(p.path, "train.0.tokens.i32")
+  with open(tokens, "r+b") as f:  # same size, other bytes: only the checksum can tell
+    f.seek(40)
+    f.write(b"\xff\xff\xff\x7f")
+  again = prepare_mono(source, "xc", tok, cache)
+  notice = capsys.readouterr().out
+  assert "train.0.tokens.i32 does not match its manifest checksum; preparing it again" in notice
+  np.testing.assert_array_equal(again.read("train", [3])[0], before)
+  with open(tokens, "ab") as f:  # a truncated or extended file: the size tells
+    f.write(b"\0\0\0\0")
+  size = os.path.getsize(tokens)
+  prepare_mono(source, "xc", tok, cache)
+  assert f"train.0.tokens.i32 has {size} bytes, its manifest says {size - 4}" in capsys.readouterr().out
 
 
 def test_stream_rows_follow_the_reference_layout(setup, corpus_dir):
   _, tok, _, prepared = setup
-  stream = TokenStream(prepared["xb"], "train", 32, tok.eos_id)
+  stream = StreamRows(prepared["xb"].store("train"), 32, 1)
   lines = open(os.path.join(corpus_dir, "train.xb"), encoding="utf-8").read().splitlines()
   expected = [tok.eos_id]
   for line in lines[:10]:
     expected += tok.encode(line) + [tok.eos_id]
-  np.testing.assert_array_equal(np.concatenate([stream.row(0), stream.row(1)])[:len(expected)][:64], expected[:64])
-  # the random-access path (no in-memory copy) builds the same rows
-  lazy = TokenStream(prepared["xb"], "train", 32, tok.eos_id, in_memory_max_tokens=0)
-  for c in (0, 1, 7, stream.n_rows - 1):
-    np.testing.assert_array_equal(lazy.row(c), stream.row(c))
+  rows = stream.eval_rows(2)
+  np.testing.assert_array_equal(rows["tokens"].ravel()[:64], expected[:64])
+  assert np.all(rows["langs"] == 1) and np.all(rows["segment_ids"] == 1)
+  np.testing.assert_array_equal(rows["positions"][1], np.arange(32))
 
 
 def test_batches_are_deterministic_and_shaped(setup):
@@ -99,17 +119,37 @@ def test_separate_mixing_takes_turns_with_one_language_per_step(setup):
     assert len(np.unique(fields["langs"])) == 1
 
 
-def test_iterator_resumes_at_the_exact_batch(setup):
+def test_loader_resumes_at_the_exact_batch_and_workers_do_not_change_batches(setup):
   _, tok, _, prepared = setup
-  b = make_batches(prepared, tok)
-  it = DataIterator(b, 0)
-  seq = [batch_checksum(next(it)[1]) for _ in range(6)]
-  state = it.state()
+  b = make_batches(prepared, tok, clm="xa")
+  direct = [batch_checksum(b.batch(s)) for s in range(6)]
+  for workers in (0, 1, 2):
+    it = Loader(b, 0, 6, workers=workers)
+    seq = [batch_checksum(next(it)[1]) for _ in range(4)]
+    state = it.state()
+    it.close()
+    assert seq == direct[:4], f"{workers} workers"
+    assert state["next_step"] == 4
+  it = Loader(b, 3, 6, workers=2)  # resumed at step 3
+  assert [batch_checksum(local) for _, local, _ in it] == direct[3:]
   it.close()
-  assert state["next_step"] == 6
-  it2 = DataIterator(b, 3)
-  assert [batch_checksum(next(it2)[1]) for _ in range(3)] == seq[3:]
-  it2.close()
+
+
+class Failing:
+  size = 10
+
+  def rows(self, rng, n):
+    raise ValueError("a broken row builder")
+
+
+def test_a_failing_worker_ends_the_run_with_its_error_and_step():
+  from xlm_jax.data.mixture import BuiltIn, StepSpec
+  b = Mixture(objectives([Entry(StepSpec("mt", ("xa", "xb")), Failing())], {"mt": BuiltIn()}, -1.0),
+              batch_size=4, seed=0, group_rows=4)
+  it = Loader(b, 7, 20, workers=1)
+  with pytest.raises(Exception, match=r"step 7.*ValueError: a broken row builder"):
+    next(it)
+  it.close()
 
 
 def test_step_specs_and_sampling():
@@ -133,15 +173,14 @@ def test_frequency_smoothed_masking_scores_come_from_the_training_data(setup):
   from xlm_jax.data.masking import frequency_scores
   from xlm_jax.train.pretrain import masking_scores
   _, tok, _, prepared = setup
-  masking = MaskingConfig(tok.vocab_size, tok.mask_id, 6)
+  masking = MaskingConfig(tok.vocab_size, tok.mask_id, tuple(range(6)))
   assert masking_scores(masking, [prepared["xa"]]) is None  # sample_alpha == 0: uniform masking
   counts = prepared["xa"].token_counts("train", tok.vocab_size)
   expected = np.bincount(np.concatenate(prepared["xa"].read_all("train")), minlength=tok.vocab_size)
   np.testing.assert_array_equal(counts, expected)
-  assert os.path.exists(os.path.join(prepared["xa"].path, "counts.train.npy"))  # computed once, then read
-  np.testing.assert_array_equal(prepared["xa"].token_counts("train", tok.vocab_size), expected)
+  assert os.path.exists(os.path.join(prepared["xa"].path, "counts.train.npy"))  # counted while preparing
   smoothed = dataclasses.replace(masking, sample_alpha=0.5)
   scores = masking_scores(smoothed, [prepared["xa"], prepared["xb"]])
   both = expected + prepared["xb"].token_counts("train", tok.vocab_size)
-  np.testing.assert_allclose(scores, frequency_scores(both, 0.5, 6))
+  np.testing.assert_allclose(scores, frequency_scores(both, 0.5, range(6)))
   assert np.all(scores[:6] == 0) and scores[6:].min() > 0

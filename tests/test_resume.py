@@ -16,11 +16,13 @@ from conftest import ROOT, TINY_FLAGS, config_flags_for, run_main
 
 FLAGS = {"train.steps": 40, "checkpoint.every": 10, "checkpoint.async_save": True, "log.batch_checksums": True,
          "data.mlm_steps": "xa,xb,xa-xb,xc-xa"}
+INTERRUPTED = {**FLAGS, "data.workers": 2}  # the interrupted runs build their batches in 2 worker processes, the
+                                            # straight run in a thread: the batches may not depend on it
 
 
 def command(workdir):
   return [sys.executable, os.path.join(ROOT, "main.py"), f"--config={ROOT}/configs/demo.py", f"--workdir={workdir}",
-          *config_flags_for({**TINY_FLAGS, **FLAGS})]
+          *config_flags_for({**TINY_FLAGS, **INTERRUPTED})]
 
 
 def checksums(workdir):

@@ -2,10 +2,21 @@
 import numpy as np
 
 from xlm_jax.data.masking import MaskingConfig
-from xlm_jax.data.packing import PairDirection, pack, pack_group, tlm_example
-from xlm_jax.data.pipeline import Entry, PackedPairRows, PretrainBatches, StepSpec
+from xlm_jax.data.mixture import Entry, Mixture, StepSpec, mlm_targets, objectives
+from xlm_jax.data.packing import first_fit_decreasing, tlm_example
+from xlm_jax.data.rows import PairIndex, TlmRows
+from xlm_jax.data.stores import TokenStore
 
 EOS, PAD = 1, 2
+
+
+def pack(examples, length, pad_id):
+  """Two hand-made pairs through the real row builder: TlmRows placing them in order in one row."""
+  first = TokenStore.from_sentences([e[0] for e in examples], EOS)
+  second = TokenStore.from_sentences([e[1] for e in examples], EOS)
+  rows = TlmRows(PairIndex(first, second, length), swap=False, lang1=0, lang2=1, length=length, pad_id=pad_id)
+  out = rows.eval_rows(1)
+  return tuple(out[k][0] for k in ("tokens", "positions", "langs", "segment_ids"))
 
 
 def test_hand_written_pair_through_packing():
@@ -16,11 +27,11 @@ def test_hand_written_pair_through_packing():
   np.testing.assert_array_equal(positions, [0, 1, 2, 3, 0, 1, 2, 3, 4])   # restart at the second sentence
   np.testing.assert_array_equal(langs, [0, 0, 0, 0, 1, 1, 1, 1, 1])
 
-  other = tlm_example(np.array([30]), np.array([40]), 1, 0, EOS)         # a fr-en pair packed after it
-  t, p, l, s = pack([(tokens, positions, langs), other], 16, PAD)
+  t, p, l, s = pack([(en, fr), (np.array([30]), np.array([40]))], 16, PAD)   # a second pair packed after it
   np.testing.assert_array_equal(t, [1, 10, 11, 1, 1, 20, 21, 22, 1, 1, 30, 1, 1, 40, 1, PAD])
+  np.testing.assert_array_equal(t[:9], tokens)  # the row builder and tlm_example agree
   np.testing.assert_array_equal(p, [0, 1, 2, 3, 0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 0])
-  np.testing.assert_array_equal(l, [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(l, [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1])
   np.testing.assert_array_equal(s, [1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 0])
   eligible = s > 0  # both halves can be masked, padding never
   np.testing.assert_array_equal(eligible, [True] * 15 + [False])
@@ -38,9 +49,8 @@ def test_packed_pair_attends_within_itself_only():
   model = Transformer(cfg)
 
   def states(fr_tokens, other_tokens):
-    a = tlm_example(np.array([10, 11]), np.array(fr_tokens), 0, 1, EOS)
-    b = tlm_example(np.array(other_tokens), np.array([40]), 1, 0, EOS)
-    t, p, l, s = pack([a, b], 16, PAD)
+    t, p, l, s = pack([(np.array([10, 11]), np.array(fr_tokens)), (np.array(other_tokens), np.array([40]))], 16,
+                      PAD)
     return np.asarray(model.apply({"params": params}, *(jnp.array(x[None]) for x in (t, p, l, s)), method="encode"))
 
   base = states([20, 21, 22], [30])
@@ -50,26 +60,15 @@ def test_packed_pair_attends_within_itself_only():
   np.testing.assert_allclose(base[0, :9], changed_other[0, :9], atol=1e-6)  # never the next example
 
 
-class FakeStore:
-  def __init__(self, pairs):
-    self.pairs = pairs
-    self.mean_tokens = float(np.mean([len(a) + len(b) + 4 for a, b in pairs]))
-
-  def __len__(self):
-    return len(self.pairs)
-
-  def get(self, k):
-    return self.pairs[k]
-
-
 def test_tlm_batches_keep_the_layout_through_masking():
   rng = np.random.default_rng(0)
   pairs = [(rng.integers(6, 50, size=rng.integers(2, 9)), rng.integers(6, 50, size=rng.integers(2, 9)))
            for _ in range(40)]
-  direction = PairDirection(FakeStore(pairs), swap=True, lang1=1, lang2=0, eos_id=EOS)   # 'fr-en': fr first
-  entry = Entry(StepSpec("mlm", ("fr", "en")), PackedPairRows(direction, 48, PAD))
-  batches = PretrainBatches(entries=[entry], batch_size=4, seq_len=48, masking=MaskingConfig(50, 5, 6), seed=0,
-                            group_rows=4)
+  index = PairIndex(TokenStore.from_sentences([a for a, _ in pairs], EOS),
+                    TokenStore.from_sentences([b for _, b in pairs], EOS), 48)
+  entry = Entry(StepSpec("mlm", ("fr", "en")), TlmRows(index, swap=True, lang1=1, lang2=0, length=48, pad_id=PAD))
+  masking = mlm_targets(MaskingConfig(50, 5, tuple(range(6))), 48)
+  batches = Mixture(objectives([entry], {"tlm": masking}, -1.0), batch_size=4, seed=0, group_rows=4)
   b = batches.batch(3)["tlm"]
   for row in range(4):
     seg, pos, lang = b["segment_ids"][row], b["positions"][row], b["langs"][row]
@@ -89,9 +88,13 @@ def test_tlm_batches_keep_the_layout_through_masking():
     assert halves_hit == {0, 1} or len(chosen) < 4
 
 
-def test_pack_group_first_fit_decreasing():
-  ex = lambda n: (np.ones(n, np.int32), np.zeros(n, np.int32), np.zeros(n, np.int32))
-  rows = pack_group([ex(n) for n in (5, 30, 20, 12, 40, 9)], n_rows=2, length=48)
-  assert [[len(e[0]) for e in r] for r in rows] == [[40, 5], [30, 12]]   # 20 and 9 fit nowhere after 40 and 30
-  rows = pack_group([ex(n) for n in (10, 10, 10)], n_rows=1, length=25)
-  assert [[len(e[0]) for e in r] for r in rows] == [[10, 10]]
+def test_first_fit_decreasing():
+  row, start = first_fit_decreasing(np.array([5, 30, 20, 12, 40, 9]), 2, [48])
+  np.testing.assert_array_equal(row, [0, 1, -1, 1, 0, -1])   # 20 and 9 fit nowhere after 40 and 30
+  np.testing.assert_array_equal(start[:, 0][row >= 0], [40, 0, 30, 0])
+  row, _ = first_fit_decreasing(np.array([10, 10, 10]), 1, [25])
+  np.testing.assert_array_equal(row, [0, 0, -1])
+  # two sides (NMT): an example goes where both its source and its target fit
+  row, start = first_fit_decreasing(np.array([[10, 2], [3, 9], [2, 4], [4, 4]]), 2, [12, 10])
+  np.testing.assert_array_equal(row, [0, 1, 0, -1])   # [4, 4]: the source fits row 1, the target does not
+  np.testing.assert_array_equal(start[:3], [[0, 0], [0, 0], [10, 2]])

@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.sample_alpha = 0.0            # > 0: mask frequent tokens less, p ~ count**-sample_alpha
   c.data.eval_rows = 256               # held-out rows per language and objective
   c.data.cache_dir = ""                # prepared datasets; default WORKDIR/data
+  c.data.workers = -1                  # input worker processes building batches (-1: the cores available; 0: a
+                                       # thread of the training process)
+  c.data.device_prefetch = 2           # batches copied to the devices ahead of the step that uses them
 
   c.init = ml_collections.ConfigDict()  # NMT: where the encoder and decoder start from
   c.init.bundle = ""                   # a pretraining workdir or checkpoint step

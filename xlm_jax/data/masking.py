@@ -1,18 +1,24 @@
-"""Prediction targets for MLM and CLM rows, with a fixed number of prediction slots per row.
+"""Prediction targets for MLM and CLM rows, with a fixed number of prediction slots per row, over whole row groups.
 
 A row of length L gets P = ceil(word_pred * L) MLM slots (L - 1 for CLM), so batch shapes never change under
 jit and the vocabulary projection runs only at these slots. Each slot holds a position (`index`), the original
 token (`target`) and a weight (1 for a real prediction, 0 for an unused slot).
 
-MLM, as in the reference (`Trainer.mask_out`), with one deliberate difference stated here:
+MLM, as in the reference (`Trainer.mask_out`), with the deliberate differences stated here:
 - the number of predictions in a row is `word_pred * n_eligible` (stochastically rounded, at least 1), drawn
   without replacement, uniformly when `sample_alpha == 0` and with p ~ count(token)**-sample_alpha otherwise
   (specials never chosen then); the reference draws a Bernoulli(word_pred) per token when sample_alpha == 0. The
   expected number of predictions is the same; a fixed count keeps the slot array exact.
 - each chosen token becomes <mask> / stays / becomes a random token with probabilities `mask_keep_rand`
-  (0.8, 0.1, 0.1); random tokens are drawn from the non-special ids (the reference can draw <pad> or </s>).
+  (0.8, 0.1, 0.1); random tokens are drawn from the ids that are not special (`special_ids`: <s> </s> <pad> <unk>
+  <special0> <mask> and the language tags), where the reference can draw <pad> or </s>.
 - padding (segment 0) is never predicted. Evaluation uses 100% <mask> and a fixed seed, as the reference's
   evaluator does.
+
+Vectorised: a group of rows [n, L] is masked with a handful of numpy calls. Sampling k of a row's candidates
+without replacement is the k smallest of one random key per token: uniform keys for uniform sampling, and
+exponential keys E / weight (Efraimidis-Spirakis: the same law as drawing one by one with p ~ weight) for
+frequency smoothing.
 """
 from __future__ import annotations
 
@@ -22,28 +28,35 @@ import math
 
 import numpy as np
 
+from xlm_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
   vocab_size: int
   mask_id: int
-  n_special: int  # ids below this are specials: never a random replacement
+  special_ids: tuple[int, ...]  # never a random replacement, never masked when sampling by frequency
   word_pred: float = 0.15
   mask_keep_rand: tuple[float, float, float] = (0.8, 0.1, 0.1)
   sample_alpha: float = 0.0
 
   @functools.cached_property
   def mode_cdf(self) -> np.ndarray:
-    """Cumulative mask/keep/random probabilities, normalised as `Generator.choice(3, p=...)` does internally."""
+    """Cumulative mask/keep/random probabilities."""
     cdf = np.cumsum(np.asarray(self.mask_keep_rand, np.float64))
     return cdf / cdf[-1]
 
+  @functools.cached_property
+  def replacement_ids(self) -> np.ndarray:
+    """The ids a random replacement is drawn from (every id that is not special)."""
+    keep = np.ones(self.vocab_size, bool)
+    keep[[i for i in self.special_ids if i < self.vocab_size]] = False
+    return np.flatnonzero(keep).astype(np.int32)
+
   def __post_init__(self):
     if abs(sum(self.mask_keep_rand) - 1.0) > 1e-6 or min(self.mask_keep_rand) < 0:
-      from xlm_jax.errors import UserError
       raise UserError(f"word_mask_keep_rand={self.mask_keep_rand} must be three non-negative numbers summing to 1.")
     if not 0.0 < self.word_pred < 1.0:
-      from xlm_jax.errors import UserError
       raise UserError(f"word_pred={self.word_pred} must be between 0 and 1.")
 
 
@@ -51,51 +64,53 @@ def mlm_slots(length: int, word_pred: float) -> int:
   return max(1, math.ceil(word_pred * length))
 
 
-def mask_row(rng: np.random.Generator, tokens: np.ndarray, eligible: np.ndarray, cfg: MaskingConfig,
-             n_slots: int, token_scores: np.ndarray | None = None):
-  """Mask one row. Returns (inputs [L], index [P], targets [P], weights [P]).
+def mask_rows(rng: np.random.Generator, tokens: np.ndarray, eligible: np.ndarray, cfg: MaskingConfig,
+              n_slots: int, token_scores: np.ndarray | None = None):
+  """Mask a group of rows. tokens, eligible: [n, L]. Returns (inputs [n, L], index [n, P], targets [n, P],
+  weights [n, P]); chosen positions are ascending in each row, unused slots hold index 0 and weight 0.
 
-  Contract: the draws from `rng` (their number and order) are part of the batch definition: changing them
-  changes every batch of every seed, so keep any rewrite draw-for-draw identical (batch checksums tell)."""
-  index = np.zeros(n_slots, np.int32)
-  targets = np.zeros(n_slots, np.int32)
-  weights = np.zeros(n_slots, np.float32)
-  inputs = tokens.copy()
-  candidates = np.flatnonzero(eligible)
+  Contract: the draws from `rng` are part of the batch definition (changing them changes every batch of every
+  seed; batch checksums tell)."""
+  n, length = tokens.shape
+  eligible = eligible.copy()
   if token_scores is not None:
-    candidates = candidates[token_scores[tokens[candidates]] > 0]
-  if candidates.size == 0:
-    return inputs, index, targets, weights
-  expected = cfg.word_pred * candidates.size
-  n = int(math.floor(expected + rng.random()))
-  n = min(max(n, 1), n_slots, candidates.size)
-  if token_scores is None:
-    chosen = rng.choice(candidates, size=n, replace=False)
-  else:
-    p = token_scores[tokens[candidates]].astype(np.float64)
-    chosen = rng.choice(candidates, size=n, replace=False, p=p / p.sum())
-  chosen.sort()
-  index[:n] = chosen
-  targets[:n] = tokens[chosen]
-  weights[:n] = 1.0
-  # = rng.choice(3, size=n, p=cfg.mask_keep_rand), draw for draw (numpy's own algorithm), without its ~25 us of
-  # argument checks per call
-  mode = cfg.mode_cdf.searchsorted(rng.random(n), side="right")
-  randoms = rng.integers(cfg.n_special, cfg.vocab_size, size=n)
-  inputs[chosen] = np.where(mode == 0, cfg.mask_id, np.where(mode == 1, tokens[chosen], randoms))
+    weight = token_scores[tokens]
+    eligible &= weight > 0
+  candidates = eligible.sum(1)
+  count = np.floor(cfg.word_pred * candidates + rng.random(n)).astype(np.int64)
+  count = np.minimum(np.maximum(count, 1), np.minimum(n_slots, candidates))
+  keys = rng.random((n, length))
+  if token_scores is not None:
+    with np.errstate(divide="ignore"):
+      keys = -np.log1p(-keys) / np.where(eligible, weight, 1.0)
+  keys[~eligible] = np.inf
+  chosen = np.argsort(keys, axis=1, kind="stable")[:, :n_slots]
+  used = np.arange(n_slots) < count[:, None]
+  index = np.sort(np.where(used, chosen, length), axis=1)  # unused slots sort last, as `used` says
+  index = np.where(used, index, 0).astype(np.int32)
+  rows = np.arange(n)[:, None]
+  targets = np.where(used, tokens[rows, index], 0).astype(np.int32)
+  weights = used.astype(np.float32)
+  mode = cfg.mode_cdf.searchsorted(rng.random((n, n_slots)), side="right")
+  randoms = cfg.replacement_ids[rng.integers(len(cfg.replacement_ids), size=(n, n_slots))]
+  new = np.where(mode == 0, cfg.mask_id, np.where(mode == 1, targets, randoms))
+  inputs = tokens.copy()
+  r, s = np.nonzero(used)
+  inputs[r, index[r, s]] = new[r, s]
   return inputs, index, targets, weights
 
 
-def clm_row(tokens: np.ndarray, segments: np.ndarray):
-  """Next-token targets: position t predicts t+1 when both are real tokens of the same segment."""
-  index = np.arange(tokens.shape[0] - 1, dtype=np.int32)
-  targets = tokens[1:].astype(np.int32)
-  weights = ((segments[1:] == segments[:-1]) & (segments[1:] > 0)).astype(np.float32)
+def clm_rows(tokens: np.ndarray, segments: np.ndarray):
+  """Next-token targets [n, L-1]: position t predicts t+1 when both are real tokens of the same segment."""
+  n, length = tokens.shape
+  index = np.broadcast_to(np.arange(length - 1, dtype=np.int32), (n, length - 1)).copy()
+  targets = tokens[:, 1:].astype(np.int32)
+  weights = ((segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)).astype(np.float32)
   return tokens.copy(), index, targets, weights
 
 
-def frequency_scores(counts: np.ndarray, sample_alpha: float, n_special: int) -> np.ndarray:
+def frequency_scores(counts: np.ndarray, sample_alpha: float, special_ids) -> np.ndarray:
   """max(count, 1)**-sample_alpha per token id, 0 for specials (never masked when sampling by frequency)."""
   scores = np.maximum(counts.astype(np.float64), 1.0) ** (-sample_alpha)
-  scores[:n_special] = 0.0
+  scores[[i for i in special_ids if i < len(scores)]] = 0.0
   return scores

@@ -1,7 +1,7 @@
-"""Denoising auto-encoder noise (Lample et al. 2018, as in XLM's trainer), applied to one framed sentence.
+"""Denoising auto-encoder noise (Lample et al. 2018, as in XLM's trainer), applied to a group of sentences at once.
 
-The sentence is `</s> w1 ... wn </s>` (subword tokens, as in the reference, which applies noise to BPE units).
-The framing tokens never move, drop or blank. Order: shuffle, then dropout, then blank.
+Sentences are the words between the framing `</s> ... </s>` (subword tokens, as in the reference, which applies
+noise to BPE units); the framing never moves, drops or blanks. Order: shuffle, then dropout, then blank.
 - word_shuffle k (0 = off, else > 1): token i moves to the rank of i + U(0, k) among the noisy scores, so no
   token travels more than k - 1 places.
 - word_dropout p: each token is removed with probability p; at least one token always remains.
@@ -31,19 +31,26 @@ class NoiseConfig:
         raise UserError(f"{name}={getattr(self, name)} must be in [0, 1).")
 
 
-def add_noise(rng: np.random.Generator, framed: np.ndarray, cfg: NoiseConfig) -> np.ndarray:
-  """A noisy copy of a framed sentence (shorter when tokens are dropped)."""
-  words = np.asarray(framed[1:-1])
-  if words.size == 0:
-    return np.asarray(framed).copy()
+def add_noise(rng: np.random.Generator, words: np.ndarray, lengths: np.ndarray,
+              cfg: NoiseConfig) -> tuple[np.ndarray, np.ndarray]:
+  """Noisy copies of k sentences. words: [k, W], row i's first lengths[i] entries are its tokens (no framing).
+
+  Returns (words' [k, W], lengths'), left-aligned the same way (shorter when tokens are dropped)."""
+  k, width = words.shape
+  lengths = np.asarray(lengths, np.int64)
+  valid = np.arange(width) < lengths[:, None]
   if cfg.word_shuffle > 0:
-    scores = np.arange(words.size) + rng.uniform(0, cfg.word_shuffle, size=words.size)
-    words = words[np.argsort(scores, kind="stable")]
+    scores = np.where(valid, np.arange(width) + rng.uniform(0, cfg.word_shuffle, size=(k, width)), np.inf)
+    words = np.take_along_axis(words, np.argsort(scores, axis=1, kind="stable"), axis=1)
   if cfg.word_dropout > 0:
-    keep = rng.random(words.size) >= cfg.word_dropout
-    if not keep.any():
-      keep[rng.integers(words.size)] = True
-    words = words[keep]
+    keep = valid & (rng.random((k, width)) >= cfg.word_dropout)
+    lost = (lengths > 0) & ~keep.any(1)
+    rescue = (rng.random(k) * np.maximum(lengths, 1)).astype(np.int64)
+    keep[np.flatnonzero(lost), rescue[lost]] = True
+    order = np.argsort(~keep, axis=1, kind="stable")  # kept tokens first, in their order
+    words = np.take_along_axis(words, order, axis=1)
+    lengths = keep.sum(1)
+    valid = np.arange(width) < lengths[:, None]
   if cfg.word_blank > 0:
-    words = np.where(rng.random(words.size) < cfg.word_blank, cfg.mask_id, words)
-  return np.concatenate([framed[:1], words, framed[-1:]]).astype(np.int32)
+    words = np.where(valid & (rng.random((k, width)) < cfg.word_blank), cfg.mask_id, words)
+  return words.astype(np.int32), lengths

@@ -1,4 +1,5 @@
-"""TLM examples and packing several examples into one fixed-length row.
+"""TLM examples, and packing several examples into fixed-length rows: the decision (which row, where) per example,
+then the placement of every token of a group with a few numpy calls.
 
 A TLM example for the pair (s1 in l1, s2 in l2), in that order, is
 
@@ -13,18 +14,19 @@ Segments are never derived from positions (`position == 0` also starts the secon
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from xlm_jax.data.prepare import PreparedText
+from xlm_jax.data.stores import gather
 
 Example = tuple[np.ndarray, np.ndarray, np.ndarray]  # tokens, positions, langs
+FIELDS = ("tokens", "positions", "langs", "segment_ids")  # an encoder input, as the pretraining batches name it
 
 
 def tlm_example(ids1: np.ndarray, ids2: np.ndarray, lang1: int, lang2: int, eos_id: int) -> Example:
-  """`[</s> s1 </s>][</s> s2 </s>]` with restarting positions and per-half language ids."""
+  """`[</s> s1 </s>][</s> s2 </s>]` with restarting positions and per-half language ids (one example, for
+  evaluation code that builds its own inputs)."""
   n1, n2 = len(ids1) + 2, len(ids2) + 2
   tokens = np.empty(n1 + n2, np.int32)
   tokens[0], tokens[n1 - 1], tokens[n1], tokens[-1] = eos_id, eos_id, eos_id, eos_id
@@ -35,101 +37,86 @@ def tlm_example(ids1: np.ndarray, ids2: np.ndarray, lang1: int, lang2: int, eos_
   return tokens, positions, langs
 
 
-def pack(examples: Sequence[Example], length: int, pad_id: int):
-  """Place examples one after another in a row of `length`; returns tokens, positions, langs, segment ids."""
-  tokens = np.full(length, pad_id, np.int32)
-  positions = np.zeros(length, np.int32)
-  langs = np.zeros(length, np.int32)
-  segments = np.zeros(length, np.int32)
-  at = 0
-  for k, (t, p, l) in enumerate(examples, 1):
-    n = len(t)
-    if at + n > length:
-      raise ValueError(f"examples need more than {length} tokens")
-    tokens[at:at + n], positions[at:at + n], langs[at:at + n], segments[at:at + n] = t, p, l, k
-    at += n
-  if len(examples):
-    langs[at:] = examples[-1][2][-1]
-  return tokens, positions, langs, segments
+def first_fit_decreasing(sizes: np.ndarray, n_rows: int, capacity: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """Pack examples of `sizes` ([k, d]: d sides, e.g. source and target) into `n_rows` rows of `capacity` per side:
+  the largest examples first (ties keep draw order), each into the first row where every side fits.
 
-
-def pack_group(examples: Sequence[Example], n_rows: int, length: int) -> list[list[Example]]:
-  """First-fit decreasing: the longest examples first, each into the first of `n_rows` rows with room.
-
-  Examples that fit nowhere are left out. Packing several rows together fills the gaps of one row with the short
-  examples drawn for the group: on Multi30k en-fr pairs at length 128, 8 rows and a pool 1.3x what fits give ~96%
-  real tokens (one row at a time in draw order: ~92%). The price is a mild length bias (short pairs that arrive
-  when every row is full are skipped); benchmarks/multi30k_pretrain.py measures both.
-  """
-  rows: list[list[Example]] = [[] for _ in range(n_rows)]
-  used = [0] * n_rows  # plain ints: a numpy search per example costs more than this loop over a few rows
-  order = sorted(range(len(examples)), key=lambda i: -len(examples[i][0]))  # stable: ties keep draw order
-  for i in order:
-    n = len(examples[i][0])
+  Returns (row [k], -1 for an example that fits nowhere; start [k, d] of the example in its row on each side).
+  Packing several rows together fills the gaps of one row with the short examples drawn for the group: on Multi30k
+  en-fr pairs at length 128, 8 rows and a pool 1.3x what fits give ~96% real tokens. The price is a mild length
+  bias (short pairs that arrive when every row is full are skipped); benchmarks/multi30k_pretrain.py measures it.
+  Trap: this per-example loop is the only Python work per example; keep it free of numpy calls (a numpy search
+  per example costs more than the loop over a few rows)."""
+  sizes = np.asarray(sizes, np.int64).reshape(len(sizes), -1)
+  k, d = sizes.shape
+  row = np.full(k, -1, np.int64)
+  start = np.zeros((k, d), np.int64)
+  cap = [int(c) for c in capacity]
+  used = [[0] * d for _ in range(n_rows)]
+  listed = sizes.tolist()
+  for i in np.argsort(-sizes.max(1), kind="stable").tolist():
+    need = listed[i]
     for r in range(n_rows):
-      if used[r] + n <= length:
-        rows[r].append(examples[i])
-        used[r] += n
+      u = used[r]
+      if all(u[j] + need[j] <= cap[j] for j in range(d)):
+        row[i] = r
+        start[i] = u
+        used[r] = [u[j] + need[j] for j in range(d)]
         break
-  return rows
+  return row, start
 
 
-class PairStore:
-  """Random access to the sentence pairs of one prepared language pair and split (in memory when small).
-
-  Pairs whose TLM example would not fit a row of `max_tokens` (or, with `max_side`, whose longer framed sentence
-  exceeds it) are excluded up front (`n_too_long` counts them).
-  """
-
-  def __init__(self, data: PreparedText, split: str, max_tokens: int, in_memory: bool = True,
-               max_side: int | None = None):
-    self._data = data
-    self._split = split
-    lengths = data.lengths(split).astype(np.int64)  # [N, 2]
-    fits = lengths.sum(1) + 4 <= max_tokens
-    if max_side is not None:  # NMT: each framed side must fit its own row (source row, target row)
-      fits &= lengths.max(1) + 2 <= max_side
-    self.index = np.flatnonzero(fits)
-    self.n_too_long = int((~fits).sum())
-    self.mean_tokens = float((lengths.sum(1) + 4)[fits].mean()) if fits.any() else 0.0
-    self._flat = None
-    if in_memory:
-      pairs = data.read_all(split)
-      self._flat = [pairs[i] for i in self.index]
-
-  def __len__(self) -> int:
-    return len(self.index)
-
-  def get(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-    if self._flat is not None:
-      return self._flat[k]
-    return self._data.read(self._split, [int(self.index[k])])[0]
-
-  def get_many(self, ks: Sequence[int]) -> list:
-    if self._flat is not None:
-      return [self._flat[k] for k in ks]
-    return self._data.read(self._split, [int(self.index[k]) for k in ks])
+def first_fit_sequential(sizes: np.ndarray, capacity: Sequence[int], max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+  """Examples in order, each appended to the current row, the next that does not fit opening a new row (held-out
+  rows: deterministic, every example used once), up to `max_rows` rows. Returns (row [k], -1 past the last row;
+  start [k, d])."""
+  sizes = np.asarray(sizes, np.int64).reshape(len(sizes), -1)
+  ends = np.cumsum(sizes, axis=0)
+  row = np.full(len(sizes), -1, np.int64)
+  start = np.zeros_like(sizes)
+  r, base, i = 0, np.zeros(sizes.shape[1], np.int64), 0
+  cap = np.asarray(capacity, np.int64)
+  while i < len(sizes) and r < max_rows:
+    # every example from i whose end (relative to the row's first) fits: one vectorised search per row
+    fits = np.all(ends[i:] - base <= cap, axis=1)
+    n = int(np.argmin(fits)) if not fits.all() else len(fits)
+    n = max(n, 1)
+    row[i:i + n] = r
+    start[i:i + n] = ends[i:i + n] - sizes[i:i + n] - base
+    base = ends[i + n - 1]
+    i += n
+    r += 1
+  return row, start
 
 
-@dataclasses.dataclass(frozen=True)
-class PairDirection:
-  """One TLM step spec: a pair store read in a given order (`en-fr` puts English first)."""
+def place(out: dict[str, np.ndarray], flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, rows: np.ndarray,
+          cols: np.ndarray, langs: np.ndarray, segments: np.ndarray, names: Sequence[str] = FIELDS) -> None:
+  """Write pieces into rows: for piece k and j < lengths[k], `tokens[rows[k], cols[k] + j] = flat[starts[k] + j]`,
+  `positions = j`, `langs = langs[k]`, `segments = segments[k]` (the four keys of `out` named by `names`)."""
+  values, piece, offset = gather(flat, starts, lengths)
+  r, c = rows[piece], cols[piece] + offset
+  tokens, positions, lang_ids, segment_ids = names
+  out[tokens][r, c] = values
+  out[positions][r, c] = offset
+  out[lang_ids][r, c] = np.asarray(langs)[piece]
+  out[segment_ids][r, c] = np.asarray(segments)[piece]
 
-  store: PairStore
-  swap: bool
-  lang1: int
-  lang2: int
-  eos_id: int
 
-  def example(self, k: int) -> Example:
-    a, b = self.store.get(k)
-    if self.swap:
-      a, b = b, a
-    return tlm_example(a, b, self.lang1, self.lang2, self.eos_id)
+def empty_rows(n: int, length: int, pad_id: int, pad_lang: int, names: Sequence[str] = FIELDS) -> dict:
+  """[n, length] arrays of padding under `names`: tokens <pad>, positions 0, langs `pad_lang`, segment 0."""
+  tokens, positions, langs, segments = names
+  return {tokens: np.full((n, length), pad_id, np.int32), positions: np.zeros((n, length), np.int32),
+          langs: np.full((n, length), pad_lang, np.int32), segments: np.zeros((n, length), np.int32)}
 
-  def draw(self, rng: np.random.Generator) -> Example:
-    return self.example(int(rng.integers(len(self.store))))
 
-  def mean_tokens(self) -> float:
-    """Mean example length (both framed sentences) over the pairs that fit a row."""
-    return float(self.store.mean_tokens)
+def segment_numbers(rows: np.ndarray, order_key: np.ndarray) -> np.ndarray:
+  """1, 2, ... per row for the placed examples (rows >= 0), in the order of `order_key` within each row."""
+  k = len(rows)
+  seg = np.zeros(k, np.int64)
+  placed = np.flatnonzero(rows >= 0)
+  if placed.size:
+    order = placed[np.lexsort((order_key[placed], rows[placed]))]
+    r = rows[order]
+    first = np.searchsorted(r, r, side="left")
+    seg[order] = np.arange(len(order)) - first + 1
+  return seg

@@ -173,6 +173,13 @@ class LocalFolder:
   def mono_fingerprint(self, split: str, lang: str) -> str:
     return file_fingerprint([self.check_mono(split, lang)])
 
+  def mono_files(self, split: str, lang: str) -> list[str]:
+    """The local files `mono` reads (preparation watches them for changes while it reads)."""
+    return [self.check_mono(split, lang)]
+
+  def para_files(self, split: str, l1: str, l2: str) -> list[str]:
+    return list(self.check_para(split, l1, l2))
+
   def para_fingerprint(self, split: str, l1: str, l2: str) -> str:
     return file_fingerprint(list(self.check_para(split, l1, l2)))
 
@@ -273,6 +280,12 @@ class TfdsSource:
   def para_fingerprint(self, split: str, l1: str, l2: str) -> str:
     return self._fingerprint(split)
 
+  def mono_files(self, split: str, lang: str) -> list[str]:
+    return []  # TFDS records are immutable once prepared; their version is in the fingerprint
+
+  def para_files(self, split: str, l1: str, l2: str) -> list[str]:
+    return []
+
   def _fingerprint(self, split: str) -> str:
     b = self._builder()
     return hashlib.sha256(f"{self.name}|{b.data_dir}|{b.info.version}|{split}".encode()).hexdigest()[:16]
@@ -329,6 +342,12 @@ class Corpus:
 
   def para_fingerprint(self, split: str, l1: str, l2: str) -> str:
     return self.para_source(split, l1, l2).para_fingerprint(split, l1, l2)
+
+  def mono_files(self, split: str, lang: str) -> list[str]:
+    return self.mono_source(split, lang).mono_files(split, lang)
+
+  def para_files(self, split: str, l1: str, l2: str) -> list[str]:
+    return self.para_source(split, l1, l2).para_files(split, l1, l2)
 
 
 def generated_corpus(workdir: str, languages: Sequence[str], seed: int, sizes: dict | None = None) -> LocalFolder:

@@ -217,8 +217,10 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
                         force=force)
 
     stop_requested = StopSignal()
-    from xlm_jax.data.pipeline import DataIterator, batch_checksum
-    iterator = DataIterator(task.batches, start_step)
+    from xlm_jax.data.loader import Loader
+    from xlm_jax.data.mixture import batch_checksum
+    iterator = Loader(task.batches, start_step, total_steps, workers=config.data.workers, mesh=mesh,
+                      device_prefetch=config.data.device_prefetch)
     # every process records the checksums of its own rows (process i > 0 in batch_checksums.process<i>.jsonl)
     suffix = f".process{jax.process_index()}" if jax.process_index() else ""
     checksums = open(f"{workdir}/batch_checksums{suffix}.jsonl", "a") if config.log.batch_checksums else None
@@ -228,11 +230,10 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     step = start_step
     try:
       while step < total_steps:
-        _, local = next(iterator)
+        _, local, batch = next(iterator)  # batch: already on the devices (copied while the last step ran)
         if checksums is not None:
           checksums.write(json.dumps({"step": step, "checksum": batch_checksum(local)}) + "\n")
           checksums.flush()
-        batch = parallel.global_batch(local, mesh)
         state, metrics = step_fn(state, batch)
         flops = task.step_flops(local) * jax.process_count()
         tokens = task.step_tokens(local) * jax.process_count()

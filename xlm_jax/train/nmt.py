@@ -16,6 +16,7 @@ The target language reaches the decoder only through its language embedding; the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
@@ -29,8 +30,8 @@ from xlm_jax import decode as decode_lib
 from xlm_jax import parallel
 from xlm_jax.config_base import parse_list
 from xlm_jax.data.noise import NoiseConfig
-from xlm_jax.data.nmt_batches import (AeSource, MtSource, NmtBatches, NmtEntry, SentenceStore, parse_nmt_steps)
-from xlm_jax.data.packing import PairStore
+from xlm_jax.data.mixture import BuiltIn, Entry, Mixture, StepSpec, objectives, parse_nmt_steps
+from xlm_jax.data.rows import BtRows, PairIndex, TranslationRows
 from xlm_jax.errors import UserError
 from xlm_jax.evaluate import bleu
 from xlm_jax.io_utils import atomic_write
@@ -223,6 +224,48 @@ def nmt_tokens(batch) -> int:
   return n
 
 
+def make_batches(config, specs: list[StepSpec], para: dict, mono: dict, lang2id: dict, tokenizer
+                 ) -> tuple[Mixture, list[Entry]]:
+  """The NMT mixture (MT and denoising rows packed on both sides, back-translation sources) over the prepared
+  stores, and the held-out MT entries (`mt` on the valid split of every MT or BT direction)."""
+  noise = NoiseConfig(config.nmt.word_shuffle, config.nmt.word_dropout, config.nmt.word_blank, tokenizer.mask_id)
+  src_len, tgt_len, bt_len = int(config.nmt.src_len), int(config.nmt.tgt_len), int(config.nmt.bt_len)
+  indexes: dict = {}
+
+  def mt_rows(split: str, l1: str, l2: str) -> TranslationRows:
+    key = tuple(sorted((l1, l2)))
+    if (split, key) not in indexes:
+      indexes[(split, key)] = PairIndex(para[key].store(split, 0), para[key].store(split, 1), src_len + tgt_len,
+                                        max_side=min(src_len, tgt_len))
+    return TranslationRows(src_len=src_len, tgt_len=tgt_len, pad_id=tokenizer.pad_id, src_lang=lang2id[l1],
+                           tgt_lang=lang2id[l2], pairs=indexes[(split, key)], swap=l1 != key[0],
+                           pool=config.data.pack_pool)
+
+  entries = []
+  for spec in specs:
+    lang = spec.langs[0]
+    if spec.key == "mt":
+      entries.append(Entry(spec, mt_rows("train", *spec.langs)))
+    elif spec.key == "ae":
+      entries.append(Entry(spec, TranslationRows(src_len=src_len, tgt_len=tgt_len, pad_id=tokenizer.pad_id,
+                                                 src_lang=lang2id[lang], tgt_lang=lang2id[lang],
+                                                 sentences=mono[lang].store("train"), noise=noise,
+                                                 pool=config.data.pack_pool)))
+    else:
+      entries.append(Entry(spec, BtRows(mono[lang].store("train"), bt_len, tokenizer.pad_id, lang2id[lang],
+                                        lang2id[spec.langs[1]], max_tokens=min(bt_len, tgt_len))))
+  built = BuiltIn()
+  mixture = Mixture(objectives(entries, {"mt": built, "ae": built, "bt": built}, config.data.lg_sampling_factor),
+                    batch_size=config.data.batch_size, seed=config.seed, mixing=config.data.mixing,
+                    process_index=jax.process_index(), process_count=jax.process_count(),
+                    group_rows=config.data.pack_rows,
+                    settings={"lens": [src_len, tgt_len, bt_len], "pool": config.data.pack_pool,
+                              "noise": dataclasses.asdict(noise), "task": "nmt"})
+  directions = sorted({tuple(s.langs[:2]) for s in specs if s.key in ("mt", "bt")})
+  valid = [Entry(StepSpec("mt", d), mt_rows("valid", *d)) for d in directions]
+  return mixture, valid
+
+
 def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   """Everything the loop needs; all checks run before anything is written to `workdir`."""
   specs = parse_nmt_steps(config.nmt.mt_steps, config.nmt.ae_steps, config.nmt.bt_steps)
@@ -267,48 +310,16 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
                       f"({'; '.join(differ) or 'task ' + repr(existing.get('task'))}); use another --workdir.")
   lang2id = {l: i for i, l in enumerate(languages)}
   cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
-  many = jax.process_count() > 1
   para = {p: pretrain.prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len,
                                    splits=("train", "valid", "test") if p in eval_pairs else ("train",))
           for p in sorted(set(pairs) | set(eval_pairs))}
   windows = pretrain.parse_line_windows(config.data.mono_lines, languages)
   mono = {l: pretrain.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",), lines=windows.get(l))
           for l in mono_langs}
-  noise = NoiseConfig(config.nmt.word_shuffle, config.nmt.word_dropout, config.nmt.word_blank, tokenizer.mask_id)
-  src_len, tgt_len, bt_len = int(config.nmt.src_len), int(config.nmt.tgt_len), int(config.nmt.bt_len)
-  entries = []
-  stores: dict = {}
-  for spec in specs:
-    if spec.key == "mt":
-      key = tuple(sorted(spec.langs))
-      if ("train", key) not in stores:
-        stores[("train", key)] = PairStore(para[key], "train", src_len + tgt_len, in_memory=not many,
-                                           max_side=min(src_len, tgt_len))
-      src = MtSource(stores[("train", key)], spec.langs[0] != key[0], lang2id[spec.langs[0]],
-                     lang2id[spec.langs[1]], tokenizer.eos_id)
-      entries.append(NmtEntry(spec, src, (lang2id[spec.langs[0]], lang2id[spec.langs[1]])))
-    else:
-      lang = spec.langs[0]
-      limit = src_len if spec.key == "ae" else bt_len
-      store = SentenceStore(mono[lang], "train", min(limit, tgt_len), in_memory=not many)
-      if len(store) == 0:
-        raise UserError(f"no {lang!r} training sentence fits {limit} tokens (config.nmt.src_len / bt_len).")
-      if spec.key == "ae":
-        entries.append(NmtEntry(spec, AeSource(store, lang2id[lang], tokenizer.eos_id, noise), (lang2id[lang],)))
-      else:
-        entries.append(NmtEntry(spec, store, (lang2id[lang], lang2id[spec.langs[1]])))
-  batches = NmtBatches(entries=entries, batch_size=config.data.batch_size, src_len=src_len, tgt_len=tgt_len,
-                       bt_len=bt_len, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seed=config.seed,
-                       mixing=config.data.mixing, lg_sampling_factor=config.data.lg_sampling_factor,
-                       process_index=jax.process_index(), process_count=jax.process_count(),
-                       group_rows=config.data.pack_rows, pool=config.data.pack_pool)
+  batches, eval_entries = make_batches(config, specs, para, mono, lang2id, tokenizer)
+  eval_sets = batches.eval_batches(eval_entries, config.data.eval_rows)
   directions = sorted({tuple(s.langs[:2]) for s in specs if s.key in ("mt", "bt")})
-  valid_sources = []
-  for l1, l2 in directions:
-    key = tuple(sorted((l1, l2)))
-    store = PairStore(para[key], "valid", src_len + tgt_len, in_memory=True, max_side=min(src_len, tgt_len))
-    valid_sources.append((f"{l1}-{l2}", MtSource(store, l1 != key[0], lang2id[l1], lang2id[l2], tokenizer.eos_id)))
-  eval_sets = batches.eval_batches(valid_sources, config.data.eval_rows)
+  bt_len = int(config.nmt.bt_len)
 
   encoder, decoder = Transformer(enc_cfg), Transformer(dec_cfg)
   bt_options = decode_lib.DecodeOptions(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, beam_size=1,

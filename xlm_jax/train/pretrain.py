@@ -19,10 +19,9 @@ from xlm_jax import parallel
 from xlm_jax.config_base import parse_list
 from xlm_jax.data import sources as sources_lib
 from xlm_jax.data.masking import MaskingConfig, frequency_scores
-from xlm_jax.data.packing import PairDirection, PairStore
-from xlm_jax.data.pipeline import Entry, PackedPairRows, PretrainBatches, StepSpec, StreamRows, parse_steps
+from xlm_jax.data.mixture import Entry, Mixture, NextTokenTargets, StepSpec, mlm_targets, objectives, parse_steps
 from xlm_jax.data.prepare import PreparedText, prepare
-from xlm_jax.data.streams import IN_MEMORY_MAX_TOKENS, TokenStream
+from xlm_jax.data.rows import PairIndex, StreamRows, TlmRows
 from xlm_jax.errors import UserError
 from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
@@ -30,7 +29,15 @@ from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state, train_sentencepie
 from xlm_jax.train.loop import TrainTask, prediction_stats, train
 from xlm_jax.train.optim import parse_lambda
 
-N_SPECIAL = 6  # <s> </s> <pad> <unk> <special0> <mask>: never random replacements
+N_SPECIAL = 6  # <s> </s> <pad> <unk> <special0> <mask>
+
+
+def special_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+  """Ids that are never a random MLM replacement (nor masked when sampling by frequency): the XLM specials and
+  the tokenizer's language tags (control tokens no text produces)."""
+  tags = [tokenizer.lang_tag_id(l) for l in getattr(tokenizer, "languages", ())] \
+      if hasattr(tokenizer, "lang_tag_id") else []
+  return tuple(sorted({*range(N_SPECIAL), *tags}))
 
 
 def model_config(config, vocab_size: int, n_langs: int, pad_id: int) -> TransformerConfig:
@@ -161,9 +168,11 @@ def prepare_mono(corpus, lang: str, tokenizer: Tokenizer, cache_dir: str, splits
   texts["train"] = line_window(texts["train"], lines)
   fingerprint = {"text": {s: corpus.mono_fingerprint(s, lang) for s in splits}, "tokenizer": tokenizer.fingerprint(),
                  "lang": lang, "lines": list(lines) if lines else None}
+  files = [f for s in splits for f in corpus.mono_files(s, lang)]
   return parallel.process_zero_first(
       lambda: prepare(f"mono.{lang}", cache_dir, texts, n_fields=1, encode=lambda t: tokenizer.encode(t, lang),
-                      unk_id=tokenizer.unk_id, fingerprint=fingerprint, describe=f"language {lang!r}"),
+                      unk_id=tokenizer.unk_id, eos_id=tokenizer.eos_id, fingerprint=fingerprint,
+                      describe=f"language {lang!r}", input_files=files),
       f"prepare-mono-{lang}")
 
 
@@ -179,11 +188,12 @@ def prepare_para(corpus, l1: str, l2: str, tokenizer: Tokenizer, cache_dir: str,
     for s in splits:
       corpus.validate_para(s, a, b)
 
+  files = [f for s in splits for f in corpus.para_files(s, a, b)]
   return parallel.process_zero_first(
       lambda: prepare(f"para.{a}-{b}", cache_dir, texts, n_fields=2, max_len=max_len,
                       encode=[lambda t: tokenizer.encode(t, a), lambda t: tokenizer.encode(t, b)],
-                      unk_id=tokenizer.unk_id, fingerprint=fingerprint, describe=f"pairs {a}-{b}",
-                      validate=validate),
+                      unk_id=tokenizer.unk_id, eos_id=tokenizer.eos_id, fingerprint=fingerprint,
+                      describe=f"pairs {a}-{b}", validate=validate, input_files=files),
       f"prepare-para-{a}-{b}")
 
 
@@ -195,7 +205,7 @@ def masking_config(config, tokenizer: Tokenizer) -> MaskingConfig:
   if len(probs) != 3:
     raise UserError(f"config.data.word_mask_keep_rand={config.data.word_mask_keep_rand!r} must be three numbers "
                     "like '0.8,0.1,0.1'.")
-  return MaskingConfig(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, n_special=N_SPECIAL,
+  return MaskingConfig(vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, special_ids=special_ids(tokenizer),
                        word_pred=config.data.word_pred, mask_keep_rand=probs, sample_alpha=config.data.sample_alpha)
 
 
@@ -205,7 +215,7 @@ def masking_scores(masking: MaskingConfig, prepared: list[PreparedText]) -> np.n
   if masking.sample_alpha <= 0:
     return None
   counts = sum(data.token_counts("train", masking.vocab_size) for data in prepared)
-  return frequency_scores(np.asarray(counts), masking.sample_alpha, masking.n_special)
+  return frequency_scores(np.asarray(counts), masking.sample_alpha, masking.special_ids)
 
 
 def make_loss(model: Transformer, lambdas: Mapping[str, Any]):
@@ -244,7 +254,7 @@ def step_tokens(batch) -> int:
   return int(sum(int(np.sum(np.asarray(b["segment_ids"]) > 0)) for b in batch.values()))
 
 
-def data_report(prepared: list[PreparedText], pair_stores: Mapping[tuple[str, str, str], PairStore],
+def data_report(prepared: list[PreparedText], pair_stores: Mapping[tuple[str, str, str], PairIndex],
                 bptt: int) -> list[str]:
   """One line per dataset split that lost text: lines dropped at preparation (empty, longer than max_len) and
   pairs skipped because their TLM example does not fit a row of `bptt` tokens. Empty when nothing was lost."""
@@ -265,33 +275,37 @@ def data_report(prepared: list[PreparedText], pair_stores: Mapping[tuple[str, st
 
 def make_entries(specs: list[StepSpec], split: str, *, mono: Mapping[str, PreparedText],
                  para: Mapping[tuple[str, str], PreparedText], lang2id: Mapping[str, int], bptt: int,
-                 tokenizer: Tokenizer, pack_pool: float, lazy: bool,
-                 pair_stores: dict | None = None) -> list[Entry]:
-  """The row source of each step spec on `split`: stream rows (monolingual) or packed pairs (one store per pair,
-  shared by both directions).
-
-  `lazy`: read records on demand (multi-process runs: each process reads only its rows' records) instead of
-  holding the split in memory; the rows are the same either way. `pair_stores`, when given, receives the pair
-  stores by (l1, l2, split), for reporting."""
-  out, stores = [], {}
+                 tokenizer: Tokenizer, pack_pool: float, pair_stores: dict | None = None) -> list[Entry]:
+  """The row builder of each step spec on `split`: stream rows (monolingual) or packed pairs (one pair index per
+  pair, shared by both directions), over the memory-mapped stores. `pair_stores`, when given, receives the pair
+  indexes by (l1, l2, split), for reporting."""
+  out, pairs = [], {}
   for spec in specs:
     if len(spec.langs) == 1:
       lang = spec.langs[0]
-      stream = TokenStream(mono[lang], split, bptt, tokenizer.eos_id,
-                           in_memory_max_tokens=0 if lazy else IN_MEMORY_MAX_TOKENS)
-      size = mono[lang].manifest["splits"][split]["sentences"]
-      out.append(Entry(spec, StreamRows(stream, lang2id[lang], size)))
+      out.append(Entry(spec, StreamRows(mono[lang].store(split), bptt, lang2id[lang])))
     else:
       l1, l2 = spec.langs
       key = tuple(sorted(spec.langs))
-      if key not in stores:
-        stores[key] = PairStore(para[key], split, bptt, in_memory=not lazy)
+      if key not in pairs:
+        pairs[key] = PairIndex(para[key].store(split, 0), para[key].store(split, 1), bptt)
         if pair_stores is not None:
-          pair_stores[(*key, split)] = stores[key]
-      direction = PairDirection(stores[key], swap=(l1 != key[0]), lang1=lang2id[l1], lang2=lang2id[l2],
-                                eos_id=tokenizer.eos_id)
-      out.append(Entry(spec, PackedPairRows(direction, bptt, tokenizer.pad_id, pack_pool)))
+          pair_stores[(*key, split)] = pairs[key]
+      out.append(Entry(spec, TlmRows(pairs[key], swap=(l1 != key[0]), lang1=lang2id[l1], lang2=lang2id[l2],
+                                     length=bptt, pad_id=tokenizer.pad_id, pool=pack_pool)))
   return out
+
+
+def make_batches(config, entries: list[Entry], masking: MaskingConfig, token_scores: np.ndarray | None) -> Mixture:
+  """The pretraining mixture: MLM/TLM rows masked, CLM rows with next-token targets; this process's groups."""
+  bptt = int(config.data.bptt)
+  mlm = mlm_targets(masking, bptt, token_scores)
+  return Mixture(objectives(entries, {"mlm": mlm, "tlm": mlm, "clm": NextTokenTargets()},
+                            config.data.lg_sampling_factor),
+                 batch_size=config.data.batch_size, seed=config.seed, mixing=config.data.mixing,
+                 process_index=jax.process_index(), process_count=jax.process_count(),
+                 group_rows=config.data.pack_rows,
+                 settings={"bptt": bptt, "pool": config.data.pack_pool, "task": "pretrain"})
 
 
 def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict]:
@@ -328,22 +342,17 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
   masking = masking_config(config, tokenizer)
   cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
   lang2id = {l: i for i, l in enumerate(languages)}
-  many = jax.process_count() > 1  # several processes: read records on demand, each only its own rows' share
   # pairs first: their alignment check (a full pass over both files) fails before the monolingual data is prepared
   para = {p: prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len) for p in pairs}
   mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, lines=windows.get(l)) for l in mono_langs}
-  pair_stores: dict[tuple[str, str, str], PairStore] = {}
+  pair_stores: dict[tuple[str, str, str], PairIndex] = {}
 
   def entries(split: str) -> list[Entry]:
     return make_entries(specs, split, mono=mono, para=para, lang2id=lang2id, bptt=bptt, tokenizer=tokenizer,
-                        pack_pool=config.data.pack_pool, lazy=many, pair_stores=pair_stores)
+                        pack_pool=config.data.pack_pool, pair_stores=pair_stores)
 
-  batches = PretrainBatches(entries=entries("train"), batch_size=config.data.batch_size, seq_len=bptt,
-                            masking=masking, seed=config.seed, mixing=config.data.mixing,
-                            lg_sampling_factor=config.data.lg_sampling_factor,
-                            process_index=jax.process_index(), process_count=jax.process_count(),
-                            group_rows=config.data.pack_rows,
-                            token_scores=masking_scores(masking, [*mono.values(), *para.values()]))
+  batches = make_batches(config, entries("train"), masking,
+                         masking_scores(masking, [*mono.values(), *para.values()]))
   eval_sets = batches.eval_batches(entries("valid"), config.data.eval_rows)
   report = data_report([*para.values(), *mono.values()], pair_stores, bptt)
   if report and jax.process_index() == 0:
