@@ -184,3 +184,16 @@ def test_frequency_smoothed_masking_scores_come_from_the_training_data(setup):
   both = expected + prepared["xb"].token_counts("train", tok.vocab_size)
   np.testing.assert_allclose(scores, frequency_scores(both, 0.5, range(6)))
   assert np.all(scores[:6] == 0) and scores[6:].min() > 0
+
+
+def test_preparation_in_parallel_processes_writes_the_same_stores(setup, tmp_path):
+  from xlm_jax.data import prepare as prepare_lib
+  source, tok, _, prepared = setup
+  one = prepared["xb"].manifest["stores"]
+  chunk = prepare_lib.CHUNK_LINES
+  prepare_lib.CHUNK_LINES = 300  # several chunks per worker on the small corpus
+  try:
+    two = prepare_mono(source, "xb", tok, str(tmp_path), workers=2).manifest["stores"]
+  finally:
+    prepare_lib.CHUNK_LINES = chunk
+  assert two == one

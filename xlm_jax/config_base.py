@@ -64,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.workers = -1                  # input worker processes building batches (-1: the cores available; 0: a
                                        # thread of the training process)
   c.data.device_prefetch = 2           # batches copied to the devices ahead of the step that uses them
+  c.data.prepare_workers = 1           # processes encoding text while preparing the token stores
 
   c.init = ml_collections.ConfigDict()  # NMT: where the encoder and decoder start from
   c.init.bundle = ""                   # a pretraining workdir or checkpoint step

@@ -1,8 +1,8 @@
 """The loader: a Grain `MapDataset` whose element i is this process's batch of step i, built in worker processes,
 and the next batches copied to the devices while the current step runs.
 
-  steps start..stop-1 ──► grain.MapDataset.range ──► .map(StepBatch(mixture)) ──► mp_prefetch(workers)
-                          ──► (step, numpy batch) ──► device prefetch (depth `device_prefetch`) ──► the loop
+  steps start..stop-1 ─► grain.MapDataset.range ─► .map(StepBatch(mixture)) ─► mp_prefetch(workers)
+    ─► (step, packed batch) ─► unpack ─► device prefetch (depth `device_prefetch`) ─► the loop
 
 Element i is a pure function of (seed, i, process, row group) (`mixture.Mixture.batch`), so the batches do not
 depend on the number of workers, and the iterator's whole state is the next step (saved with the data
@@ -21,6 +21,7 @@ import os
 from typing import Any, Iterator
 
 import grain
+import numpy as np
 
 from xlm_jax.data.mixture import Mixture
 
@@ -29,16 +30,45 @@ class InputError(RuntimeError):
   """A row builder failed: the message names the step and the original error."""
 
 
+Layout = tuple  # ((key, field, dtype, shape, offset), ...)
+
+
+def pack(batch: dict) -> tuple[np.ndarray, Layout]:
+  """A nested batch as ONE byte buffer and its layout: a worker hands one array to the training process (Grain
+  copies each array into its own shared-memory segment, a cost per array that 14 small arrays per step make
+  larger than building the rows)."""
+  layout, at = [], 0
+  for key in sorted(batch):
+    for field in sorted(batch[key]):
+      a = np.ascontiguousarray(batch[key][field])
+      layout.append((key, field, a.dtype.str, a.shape, at))
+      at += a.nbytes
+  buffer = np.empty(at, np.uint8)
+  for key, field, _, _, offset in layout:
+    a = np.ascontiguousarray(batch[key][field])
+    buffer[offset:offset + a.nbytes] = a.reshape(-1).view(np.uint8)
+  return buffer, tuple(layout)
+
+
+def unpack(buffer: np.ndarray, layout: Layout) -> dict:
+  """The batch `pack` made, as views of `buffer` (no copy)."""
+  out: dict = {}
+  for key, field, dtype, shape, offset in layout:
+    n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    out.setdefault(key, {})[field] = np.asarray(buffer[offset:offset + n]).view(dtype).reshape(shape)
+  return out
+
+
 class StepBatch:
-  """step -> (step, this process's batch of that step). Picklable: workers receive it."""
+  """step -> (step, this process's batch of that step, packed: `pack`). Picklable: workers receive it."""
 
   def __init__(self, mixture: Mixture):
     self.mixture = mixture
 
-  def __call__(self, step: int) -> tuple[int, dict]:
+  def __call__(self, step: int) -> tuple[int, np.ndarray, Layout]:
     step = int(step)
     try:
-      return step, self.mixture.batch(step)
+      return (step, *pack(self.mixture.batch(step)))
     except Exception as e:  # noqa: BLE001: re-raised with the step, whatever it was
       raise InputError(f"the input pipeline failed building the batch of step {step} (process "
                        f"{self.mixture.process_index}, pid {os.getpid()}): {type(e).__name__}: {e}") from e
@@ -73,7 +103,7 @@ def step_dataset(mixture: Mixture, start: int, stop: int) -> grain.MapDataset:
 
 
 def host_batches(mixture: Mixture, start: int, stop: int, workers: int, buffer: int = 2) -> grain.IterDataset:
-  """(step, numpy batch) for steps start..stop-1, built by `workers` processes (0: one thread here)."""
+  """(step, packed batch, layout) for steps start..stop-1, built by `workers` processes (0: one thread here)."""
   from absl import flags
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
@@ -102,9 +132,10 @@ class Loader:
 
   def _pull(self) -> bool:
     try:
-      step, local = next(self._it)
+      step, buffer, layout = next(self._it)
     except StopIteration:
       return False
+    local = unpack(buffer, layout)
     device = None
     if self._mesh is not None:
       from xlm_jax import parallel

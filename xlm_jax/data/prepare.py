@@ -117,7 +117,9 @@ def _encode_chunk(chunk: list) -> list:
 
 def _encoded(items: Iterable, encoders: list, workers: int) -> Iterator:
   """Encoded items in input order, `CHUNK_LINES` at a time; with workers > 1, `workers` chunks at once in forked
-  processes (bounded: never more than 2 * workers chunks in flight)."""
+  processes (bounded: never more than 2 * workers chunks in flight). Trap: forked, because the encoders are
+  closures that cannot be pickled; JAX warns that fork and its threads may deadlock, which the workers avoid by
+  running sentencepiece only (no JAX call)."""
   global _ENCODERS
   _ENCODERS = encoders
   chunks = iter(lambda it=iter(items): list(itertools.islice(it, CHUNK_LINES)), [])

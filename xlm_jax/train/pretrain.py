@@ -162,7 +162,7 @@ def get_tokenizer(config, workdir: str, corpus, languages: list[str], meta: Mapp
 
 
 def prepare_mono(corpus, lang: str, tokenizer: Tokenizer, cache_dir: str, splits=("train", "valid"),
-                 lines: tuple[int, int] | None = None):
+                 lines: tuple[int, int] | None = None, workers: int = 1):
   """Tokenise (once) the monolingual text of `lang`; `lines` keeps only that range of the training lines."""
   texts = {split: corpus.mono(split, lang) for split in splits}
   texts["train"] = line_window(texts["train"], lines)
@@ -172,12 +172,12 @@ def prepare_mono(corpus, lang: str, tokenizer: Tokenizer, cache_dir: str, splits
   return parallel.process_zero_first(
       lambda: prepare(f"mono.{lang}", cache_dir, texts, n_fields=1, encode=lambda t: tokenizer.encode(t, lang),
                       unk_id=tokenizer.unk_id, eos_id=tokenizer.eos_id, fingerprint=fingerprint,
-                      describe=f"language {lang!r}", input_files=files),
+                      describe=f"language {lang!r}", input_files=files, workers=workers),
       f"prepare-mono-{lang}")
 
 
 def prepare_para(corpus, l1: str, l2: str, tokenizer: Tokenizer, cache_dir: str, max_len: int,
-                 splits=("train", "valid")):
+                 splits=("train", "valid"), workers: int = 1):
   """Tokenise (once) the aligned pairs of l1-l2 (stored with l1 < l2)."""
   a, b = sorted((l1, l2))
   texts = {split: corpus.para(split, a, b) for split in splits}
@@ -193,7 +193,7 @@ def prepare_para(corpus, l1: str, l2: str, tokenizer: Tokenizer, cache_dir: str,
       lambda: prepare(f"para.{a}-{b}", cache_dir, texts, n_fields=2, max_len=max_len,
                       encode=[lambda t: tokenizer.encode(t, a), lambda t: tokenizer.encode(t, b)],
                       unk_id=tokenizer.unk_id, eos_id=tokenizer.eos_id, fingerprint=fingerprint,
-                      describe=f"pairs {a}-{b}", validate=validate, input_files=files),
+                      describe=f"pairs {a}-{b}", validate=validate, input_files=files, workers=workers),
       f"prepare-para-{a}-{b}")
 
 
@@ -343,8 +343,9 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
   cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
   lang2id = {l: i for i, l in enumerate(languages)}
   # pairs first: their alignment check (a full pass over both files) fails before the monolingual data is prepared
-  para = {p: prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len) for p in pairs}
-  mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, lines=windows.get(l)) for l in mono_langs}
+  workers = int(config.data.prepare_workers)
+  para = {p: prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len, workers=workers) for p in pairs}
+  mono = {l: prepare_mono(corpus, l, tokenizer, cache_dir, lines=windows.get(l), workers=workers) for l in mono_langs}
   pair_stores: dict[tuple[str, str, str], PairIndex] = {}
 
   def entries(split: str) -> list[Entry]:
