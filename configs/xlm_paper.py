@@ -42,6 +42,7 @@ def get_config(arg: str | None = None):
   c.model.dropout = 0.1
   c.model.attention_dropout = 0.1
   c.model.dtype = "bfloat16"
+  c.model.scan_layers = True           # one scanned layer: compile time independent of depth (python -m xlm_jax.plan)
   c.data.corpus = ""  # a folder of {split}.{lang} files; must be set on the command line
   c.data.languages = v["langs"]
   c.data.vocab_size = v["vocab"]
