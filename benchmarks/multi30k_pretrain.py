@@ -1,6 +1,8 @@
 """Multi30k experiments for MLM + TLM pretraining (issue #4), on real text, CPU-sized.
 
   python benchmarks/multi30k_pretrain.py --workdir runs/m30k --out benchmarks/results/multi30k.json [--steps N]
+  python benchmarks/multi30k_pretrain.py --variant tiny --skip-czech --workdir runs/m30k_tiny \
+      --out benchmarks/results/multi30k_tiny_cpu.json        # what configs/multi30k.py:tiny learns on 2 CPU cores
 
 The data folder is configs/multi30k.py's default (../shared/data/multi30k; $XLM_JAX_MULTI30K overrides it).
 
@@ -20,16 +22,19 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from xlm_jax import parallel
+from xlm_jax.config_base import load_config
+from xlm_jax.data.mixture import row_rng
+from xlm_jax.data.rows import PairIndex, TlmRows
+from xlm_jax.evaluate import tlm_context_accuracy
+from xlm_jax.provenance import REPO, provenance
+from xlm_jax.train import pretrain
 
-from configs.multi30k import get_config  # noqa: E402
-from xlm_jax import parallel  # noqa: E402
-from xlm_jax.data.mixture import row_rng  # noqa: E402
-from xlm_jax.data.rows import PairIndex, TlmRows  # noqa: E402
-from xlm_jax.evaluate import tlm_context_accuracy  # noqa: E402
-from xlm_jax.train import pretrain  # noqa: E402
+
+def get_config(variant: str):
+  return load_config(os.path.join(REPO, "configs", "multi30k.py") + ":" + variant)
 
 
 def packing_stats(context, length: int, group: int, pool: float, n_rows: int = 2000) -> dict:
@@ -129,7 +134,7 @@ def main():
   if args.only_czech:
     result = czech_runs(args.workdir, args.czech_steps, shared_tokenizer(args.workdir, args.variant), args.variant,
                         args.only_czech, args.lg_sampling_factor)
-    result["command"] = "python " + " ".join(sys.argv)
+    result.update(provenance())
     print(json.dumps(result, indent=1))
     if args.out:
       with open(args.out, "w") as f:
@@ -149,10 +154,7 @@ def main():
             "final_eval": metrics, "packing": packing_stats(context, config.data.bptt, config.data.pack_rows,
                                                        config.data.pack_pool),
             "tlm_context": tlm_effect(pre_dir, context, config.data.bptt)}
-  import platform
-  import jax
-  result["command"] = "python " + " ".join(sys.argv)
-  result["machine"] = f"{jax.devices()[0].device_kind}, {os.cpu_count()} cpus, {platform.machine()}, jax {jax.__version__}"
+  result.update(provenance())
   if not args.skip_czech:
     result["czech"] = czech_runs(args.workdir, args.czech_steps, shared_tokenizer(args.workdir, args.variant),
                                  args.variant)

@@ -149,3 +149,24 @@ def override(config, values: dict) -> None:
     for part in path:
       node = getattr(node, part)
     setattr(node, last, value)
+
+
+def load_config_module(path: str):
+  """Import a config file by path (what `--config=` does), without the repository on `sys.path`."""
+  import importlib.util
+  import os
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    from xlm_jax.errors import UserError
+    raise UserError(f"config file {path} does not exist.")
+  name = "xlm_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """`load_config("configs/multi30k.py:tiny")` -> the config `--config=configs/multi30k.py:tiny` gives."""
+  path, _, arg = spec.partition(":")
+  return load_config_module(path).get_config(arg or None)
