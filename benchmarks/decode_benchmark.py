@@ -30,15 +30,14 @@ from typing import Callable
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-from xlm_jax import decode  # noqa: E402
-from xlm_jax.model import TransformerConfig, init_params  # noqa: E402
-from xlm_jax.train.flops import measured_peak_flops  # noqa: E402
+from xlm_jax import decode
+from xlm_jax.model import TransformerConfig, init_params
+from xlm_jax.train.flops import measured_peak_flops
 
 BASELINE = {1: 27.0, 4: 10.0}       # sentences/s of the original XLM code, shared/reference/baselines.md
 TARGET_FACTOR = {1: 3.0, 4: 5.0}    # the targets, as multiples of those rates

@@ -30,7 +30,7 @@ finish() {
 
 if [ "$phase" = pretrain ]; then
   if [ -n "${CZECH_RUNS-x}" ]; then
-    python3 -c "import sys; sys.path.insert(0, 'benchmarks'); import multi30k_pretrain as m; m.shared_tokenizer('$runs/czech', 'small')"
+    PYTHONPATH=benchmarks python3 -c "import multi30k_pretrain as m; m.shared_tokenizer('$runs/czech', 'small')"
   fi
   launch mlm_tlm python3 benchmarks/multi30k_pretrain.py --variant small --workdir "$runs/m30k" --steps "$steps" \
       --skip-czech --out "$out/multi30k_pretrain.json"

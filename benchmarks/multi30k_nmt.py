@@ -19,15 +19,13 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs.nmt import get_config  # noqa: E402
-from xlm_jax.config_base import override  # noqa: E402
-from xlm_jax.train import nmt  # noqa: E402
+from xlm_jax.config_base import load_config, override
+from xlm_jax.provenance import REPO
+from xlm_jax.train import nmt
 
 
 def run_one(name: str, variant: str, args, **overrides) -> dict:
-  c = get_config(variant)
+  c = load_config(os.path.join(REPO, "configs", "nmt.py") + ":" + variant)
   c.init.bundle = args.bundle
   c.train.steps = args.steps
   c.nmt.bleu_split = "test"

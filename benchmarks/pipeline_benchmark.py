@@ -40,33 +40,34 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # numpy's pools, not XLA's
   os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import contextlib
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from xlm_jax import parallel  # noqa: E402
-from xlm_jax.data.loader import Loader  # noqa: E402
-from xlm_jax.data.mixture import Mixture  # noqa: E402
-from xlm_jax.train import pretrain  # noqa: E402
+from xlm_jax import parallel
+from xlm_jax.config_base import load_config
+from xlm_jax.data.loader import Loader
+from xlm_jax.data.mixture import Mixture
+from xlm_jax.provenance import REPO
+from xlm_jax.train import pretrain
 
-CONFIGS = {"demo": ("configs.demo", "pretrain"), "base": ("configs.multi30k", "base")}
+CONFIGS = {"demo": ("demo.py", "pretrain"), "base": ("multi30k.py", "base")}
 PIPELINE_CORE = 0
 
 
-def load_config(name: str, dtype: str | None, multi30k: str | None):
-  module, variant = CONFIGS[name]
-  config = __import__(module, fromlist=["get_config"]).get_config(variant)
+def bench_config(name: str, dtype: str | None, multi30k: str | None):
+  file, variant = CONFIGS[name]
+  config = load_config(os.path.join(REPO, "configs", file) + ":" + variant)
   config.log.progress_bar = False
   if dtype:
     config.model.dtype = dtype
@@ -201,7 +202,7 @@ def machine() -> str:
 
 
 def bench(name: str, args) -> dict:
-  config = load_config(name, args.dtype, args.multi30k)
+  config = bench_config(name, args.dtype, args.multi30k)
   workdir = os.path.join(args.workdir, name)
   mesh = parallel.make_mesh(config.mesh.to_dict())  # starts JAX's thread pool on every core first
   t = time.perf_counter()
@@ -220,7 +221,7 @@ def bench(name: str, args) -> dict:
   model = time_model(task.init_params, task.loss, local, config, mesh, model_repeats)
   example = local[0]
   return {
-      "config": f"{CONFIGS[name][0].replace('.', '/')}.py:{CONFIGS[name][1]}",
+      "config": f"configs/{CONFIGS[name][0]}:{CONFIGS[name][1]}",
       "corpus": config.data.corpus if name == "base" else "generated",
       "steps_spec": {"mlm_steps": config.data.mlm_steps, "clm_steps": config.data.clm_steps,
                      "mixing": config.data.mixing},
@@ -248,7 +249,7 @@ def model_from(name: str, args, pipeline: dict | None) -> dict:
   JSON of the run that dumped the batches), which were measured on the machine that ran it."""
   from xlm_jax.model import Transformer, init_params
   from xlm_jax.train.optim import parse_lambda
-  config = load_config(name, args.dtype, None)
+  config = bench_config(name, args.dtype, None)
   with open(os.path.join(args.model_from, f"{name}.json")) as f:
     sizes = json.load(f)
   with np.load(os.path.join(args.model_from, f"{name}.npz")) as data:

@@ -20,17 +20,17 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
+import jax
 
-from configs.demo import get_config  # noqa: E402
-from xlm_jax import parallel  # noqa: E402
-from xlm_jax.train import flops as flops_lib  # noqa: E402
-from xlm_jax.train import pretrain  # noqa: E402
-from xlm_jax.train.loop import make_train_step  # noqa: E402
-from xlm_jax.train.optim import make_optimizer  # noqa: E402
-from xlm_jax.train.state import sharded_state_layout  # noqa: E402
+from xlm_jax.config_base import load_config
+from xlm_jax import parallel
+from xlm_jax.train import flops as flops_lib
+from xlm_jax.provenance import REPO
+from xlm_jax.train import pretrain
+from xlm_jax.train.loop import make_train_step
+from xlm_jax.train.optim import make_optimizer
+from xlm_jax.train.state import sharded_state_layout
 
 SIZES = {  # the baselines.md sizes: rows x length, vocabulary, model
     "a": dict(emb_dim=256, n_layers=4, n_heads=4, vocab=32000, batch=16, length=128),
@@ -39,8 +39,10 @@ SIZES = {  # the baselines.md sizes: rows x length, vocabulary, model
 }
 
 
+DEMO = f"{REPO}/configs/demo.py:pretrain"
+
 def build(size: str | None, dtype: str, workdir: str):
-  config = get_config("pretrain")
+  config = load_config(DEMO)
   config.model.dtype = dtype
   config.log.progress_bar = False
   if size:
@@ -65,7 +67,7 @@ def main():
   args = parser.parse_args()
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="xlm_jax_bench_")
-  dtype = args.dtype or get_config("pretrain").model.dtype
+  dtype = args.dtype or load_config(DEMO).model.dtype
   config, mesh, task, context = build(args.size, dtype, workdir)
   cfg = context["model_config"]
   rules = parallel.rules_from_config(config.mesh.rules)

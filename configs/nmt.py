@@ -13,8 +13,12 @@ Variants:
                   ever seen), the reference's UNMT noise and loss-weight settings
 The encoder/decoder initialisation is `config.init.encoder` / `config.init.decoder` in {pretrained, scratch}.
 """
-from configs import multi30k
-from xlm_jax.config_base import base_config
+import os
+
+from xlm_jax.config_base import base_config, load_config_module
+
+# the sibling file, by path: config files are loaded by path and the repository need not be on sys.path
+multi30k = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "multi30k.py"))
 
 
 def get_config(arg: str | None = None):

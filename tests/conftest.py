@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # on sys.path through pyproject's pythonpath
 
 FULL = os.environ.get("XLM_JAX_FULL_TESTS") == "1"
 
@@ -81,3 +80,19 @@ def corpus_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp("corpus")
   synthetic.generate_corpus(out, seed=0, n_mono=2000, n_para=1000, n_valid=100, n_test=100)
   return str(out)
+
+
+TINY_DEMO = {"task": "demo", "train.steps": 20, "log.every": 10, "log.eval_every": 10, "checkpoint.every": 10,
+             "log.profile_steps": "12:14", "demo.nmt_steps": 10, "nmt.bleu_sentences": 8, "nmt.src_len": 32,
+             "nmt.tgt_len": 32, "nmt.sample_translations": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory):
+  """The demo chain shrunk to seconds, through main.py in a subprocess (so its console output is the real
+  start-up): pretraining evaluated at steps 10 and 20 with steps 12-13 profiled, then 10 NMT steps.
+  Returns (workdir, completed process)."""
+  workdir = tmp_path_factory.mktemp("tiny_demo") / "run"
+  proc = run_main(str(workdir), TINY_DEMO, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, proc

@@ -14,7 +14,7 @@ SCRIPT = os.path.join(ROOT, "tests", "scripts", "train_on_mesh.py")
 
 def run_on_mesh(tmp_path, name, data, fsdp, tensor):
   workdir, out = tmp_path / name, tmp_path / f"{name}.json"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": ROOT}
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
   proc = subprocess.run([sys.executable, SCRIPT, str(workdir), str(out), str(data), str(fsdp), str(tensor)],
                         env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

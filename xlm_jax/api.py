@@ -5,14 +5,23 @@
     ids = b.encode(["a sentence"], lang="xa")      # int32 [B, L]: `</s> ... </s>`, right-padded with <pad>
     h = b.hidden_states(ids, langs="xa")           # float32 [B, L, D], last layer, zero on padding
     z = b.logits(ids, langs="xa")                  # float32 [B, L, V]
+    hs = b.hidden_states(ids, langs="xa", all_layers=True)   # [n_layers + 1, B, L, D]: embeddings, then each layer
+    e = b.embed(["a sentence"], lang="xa")         # [B, D] sentence embeddings
+    b.fill_mask("a <mask> sentence", lang="xa", context="its translation", context_lang="xb")   # TLM fill-in
+    b.metrics()                                    # the run's curves (`xlm_jax.report.read_metrics`)
 
 `langs` is one language code for all tokens, or an int array of language ids (one per token, or one per row);
 it is ignored by models without language embeddings. Positions default to 0..L-1 in every row. The padding mask
 comes from the pad id, so inputs must be right-padded, as in the reference.
+
+Shapes: the model runs on batches of at most `BATCH` rows whose width is rounded up to a multiple of `BUCKET`
+(and whose row count to a power of two), padded with <pad>, so calls with new lengths or batch sizes reuse a few
+compiled programs instead of compiling each time; results are cut back to the input's shape.
 """
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from typing import Any, Sequence
 
@@ -24,6 +33,13 @@ from xlm_jax import checkpoint as ckpt
 from xlm_jax.errors import UserError
 from xlm_jax.model import Transformer, TransformerConfig
 from xlm_jax.tokenizer import Tokenizer, frame, tokenizer_from_state
+
+BUCKET = 16   # widths are rounded up to a multiple of this
+BATCH = 32    # rows per model call at most
+
+
+def _bucket_rows(n: int) -> int:
+  return min(BATCH, 1 << max(0, (n - 1).bit_length()))
 
 
 class Bundle:
@@ -45,8 +61,51 @@ class Bundle:
                       f"{self.model_config.vocab_size}; the bundle is inconsistent.")
     # parameters come back unrolled (checkpoint.restore_params), whatever layout the run trained in
     self.model = Transformer(self.model_config.replace(dtype="float32", dropout=0.0, attention_dropout=0.0,
-                                                       scan_layers=False))
+                                                       scan_layers=False, remat="none"))
     self._warned_langs = False
+
+  def __repr__(self) -> str:
+    cfg = self.model_config
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
+    kind = "encoder-decoder (translation)" if self.architecture == "encoder_decoder" else (
+        "causal LM" if cfg.causal else "encoder (MLM)")
+    lines = [f"Bundle({self.path!r}, step {self.meta.get('step', self.meta.get('_step', '?'))})",
+             f"  {self.meta.get('task', '?')}: {kind}, {cfg.n_layers} layers, d={cfg.emb_dim}, {cfg.n_heads} heads, "
+             f"{n_params / 1e6:.2f}M parameters",
+             f"  languages: {' '.join(self.languages) or '-'}; vocabulary {self.tokenizer.vocab_size} "
+             f"({type(self.tokenizer).__name__})"]
+    shown = {k: v for k, v in sorted(self.meta.get("metrics", {}).items())
+             if isinstance(v, (int, float)) and (k.endswith("_acc") or k.startswith("bleu_"))}
+    if shown:
+      lines.append("  held-out: " + ", ".join(f"{k}={v:.3g}" for k, v in list(shown.items())[:12]))
+    return "\n".join(lines)
+
+  @property
+  def workdir(self) -> str:
+    """The run directory the bundle came from (where metrics.jsonl lives)."""
+    root = self.meta.get("_root", self.path)
+    return os.path.dirname(root) if os.path.basename(os.path.normpath(root)) == "checkpoints" else root
+
+  def held_out(self, lang: str, other: str | None = None, split: str = "valid", n: int = 200) -> list:
+    """The first `n` sentences of `split` in `lang` from the corpus this bundle was trained on (the run's
+    config.data.corpus; a generated corpus is read from, or regenerated into, the run's workdir); with `other`,
+    aligned (lang, other) pairs."""
+    import itertools
+
+    import ml_collections
+
+    from xlm_jax.train.pretrain import make_corpus
+    for code in (lang, other):
+      if code is not None:
+        self.lang_id(code)
+    corpus = make_corpus(ml_collections.ConfigDict(self.config), self.workdir, self.languages)
+    texts = corpus.mono(split, lang) if other is None else corpus.para(split, lang, other)
+    return list(itertools.islice(texts(), n))
+
+  def metrics(self):
+    """The run's training and held-out curves and text samples (`xlm_jax.report.read_metrics`)."""
+    from xlm_jax.report import read_metrics
+    return read_metrics(self.workdir)
 
   @property
   def encoder_params(self):
@@ -106,15 +165,53 @@ class Bundle:
       raise UserError(f"{ids.shape[1]} tokens per row; the model takes at most {self.model_config.max_positions}.")
     return ids, langs_arr, pos
 
-  def hidden_states(self, ids, langs=None, positions=None) -> np.ndarray:
-    """Last-layer hidden states, float32 [B, L, D]."""
+  def _bucketed(self, fn, ids: np.ndarray, langs_arr, pos, batch_axis: int = 0) -> np.ndarray:
+    """`fn(params, ids, pos, langs)` over batches of bucketed shape (see the module docstring); output rows are
+    along `batch_axis`, tokens along the next axis, both cut back to the input's."""
+    n, length = ids.shape
+    width = length if length > self.model_config.max_positions else min(
+        self.model_config.max_positions, -(-length // BUCKET) * BUCKET)
+    outputs = []
+    for start in range(0, n, BATCH):
+      rows = min(BATCH, n - start)
+      size = _bucket_rows(rows)
+      pad = ((0, size - rows), (0, width - length))
+      t = np.pad(ids[start:start + rows], pad, constant_values=self.tokenizer.pad_id)
+      p = None if pos is None else np.pad(pos[start:start + rows], pad)
+      l = None if langs_arr is None else np.pad(langs_arr[start:start + rows], pad)
+      out = np.asarray(fn(self.encoder_params, t, p, l))
+      index = [slice(None)] * out.ndim
+      index[batch_axis], index[batch_axis + 1] = slice(0, rows), slice(0, length)
+      outputs.append(out[tuple(index)])
+    return np.concatenate(outputs, axis=batch_axis)
+
+  def hidden_states(self, ids, langs=None, positions=None, all_layers: bool = False) -> np.ndarray:
+    """Last-layer hidden states, float32 [B, L, D]; with `all_layers`, [n_layers + 1, B, L, D]: the embedding
+    layer's output (after its LayerNorm), then each Transformer layer's. Zero on padding."""
     ids, langs_arr, pos = self._inputs(ids, langs, positions)
-    return np.asarray(_encode_fn(self.model)(self.encoder_params, ids, pos, langs_arr))
+    if all_layers:
+      return self._bucketed(_all_layers_fn(self.model), ids, langs_arr, pos, batch_axis=1)
+    return self._bucketed(_encode_fn(self.model), ids, langs_arr, pos)
 
   def logits(self, ids, langs=None, positions=None) -> np.ndarray:
     """MLM/CLM output logits, float32 [B, L, V]."""
     ids, langs_arr, pos = self._inputs(ids, langs, positions)
-    return np.asarray(_logits_fn(self.model)(self.encoder_params, ids, pos, langs_arr))
+    return self._bucketed(_logits_fn(self.model), ids, langs_arr, pos)
+
+  def embed(self, texts: Sequence[str], lang: str, layer: int = -1, pooling: str = "first") -> np.ndarray:
+    """Sentence embeddings float32 [B, D] from hidden layer `layer` (-1: the last; 0: the embeddings):
+    `pooling='first'` takes the first `</s>` (what XLM's classifiers use), `'mean'` averages the real tokens."""
+    if pooling not in ("first", "mean"):
+      raise UserError(f"pooling={pooling!r}: use 'first' or 'mean'.")
+    ids = self.encode(texts, lang)
+    states = self.hidden_states(ids, langs=lang, all_layers=True)
+    if not -len(states) <= layer < len(states):
+      raise UserError(f"layer={layer}: this model has layers 0..{len(states) - 1} (0 = embeddings).")
+    h = states[layer]
+    if pooling == "first":
+      return h[:, 0]
+    real = (ids != self.tokenizer.pad_id)[..., None].astype(np.float32)
+    return (h * real).sum(1) / np.maximum(real.sum(1), 1.0)
 
   def translate(self, texts: Sequence[str], src: str, tgt: str, beam: int = 4, length_penalty: float = 1.0,
                 early_stopping: bool = False, batch_size: int = 64) -> list[str]:
@@ -130,13 +227,34 @@ class Bundle:
                            tgt, self.languages, beam_size=beam, length_penalty=length_penalty,
                            early_stopping=early_stopping, batch_size=batch_size)
 
-  def fill_mask(self, text: str, lang: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each `<mask>` in `text`, the `top_k` most probable tokens and their probabilities."""
-    ids = self.encode([text], lang)
+  def fill_mask(self, text: str, lang: str, top_k: int = 5, context: str | None = None,
+                context_lang: str | None = None) -> list[list[tuple[str, float]]]:
+    """For each `<mask>` in `text`, the `top_k` most probable tokens and their probabilities.
+
+    With `context` (e.g. the translation of `text` in `context_lang`), the model reads a TLM row
+    `[</s> context </s>][</s> text </s>]` with positions restarting at `text` and one language id per half, as
+    TLM trained it; compare with the same call without `context` to see what the translation contributes."""
+    if context is None:
+      ids = self.encode([text], lang)
+      langs = lang
+      positions = None
+    else:
+      if context_lang is None:
+        raise UserError("fill_mask(context=...) needs context_lang, the language of the context sentence.")
+      from xlm_jax.data.packing import tlm_example
+      tokens, positions, langs = tlm_example(np.asarray(self.tokenizer.encode(context, context_lang), np.int32),
+                                             np.asarray(self.tokenizer.encode(text, lang), np.int32),
+                                             self.lang_id(context_lang), self.lang_id(lang), self.tokenizer.eos_id)
+      first = len(tokens) - len(self.tokenizer.encode(text, lang)) - 2
+      ids, positions, langs = tokens[None], positions[None], langs[None]
+      if not self.model_config.has_lang_emb:
+        langs = None
     where = np.flatnonzero(ids[0] == self.tokenizer.mask_id)
+    if context is not None:
+      where = where[where >= first]
     if where.size == 0:
       raise UserError("the text has no <mask>.")
-    probs = jax.nn.softmax(self.logits(ids, langs=lang)[0, where], axis=-1)
+    probs = jax.nn.softmax(self.logits(ids, langs=langs, positions=positions)[0, where], axis=-1)
     out = []
     for row in np.asarray(probs):
       best = np.argsort(-row)[:top_k]
@@ -147,6 +265,25 @@ class Bundle:
 @functools.lru_cache(maxsize=8)
 def _encode_fn(model: Transformer):
   return jax.jit(lambda p, ids, pos, langs: model.apply({"params": p}, ids, pos, langs, method="encode"))
+
+
+@functools.lru_cache(maxsize=8)
+def _all_layers_fn(model: Transformer):
+  """[n_layers + 1, B, L, D] through Flax's captured intermediates: the model code stays as it is."""
+  from xlm_jax.model.transformer import TransformerBlock
+
+  def wanted(module, method: str) -> bool:
+    return method == "__call__" and (isinstance(module, TransformerBlock) or module.name == "layer_norm_emb")
+
+  def run(p, ids, pos, langs):
+    _, state = model.apply({"params": p}, ids, pos, langs, method="encode", capture_intermediates=wanted)
+    inter = state["intermediates"]
+    keep = (ids != model.cfg.pad_id)[..., None].astype(jnp.float32)
+    layers = [inter["layer_norm_emb"]["__call__"][0] * keep]
+    layers += [inter[f"layers_{i}"]["__call__"][0] for i in range(model.cfg.n_layers)]
+    return jnp.stack(layers).astype(jnp.float32)
+
+  return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=8)

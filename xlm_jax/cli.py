@@ -1,19 +1,40 @@
-"""What `main.py` runs: friendly flag parsing, distributed start-up, dispatch on `config.task`, clean errors.
+"""The `xlm-jax` command and what `main.py` runs: friendly flag parsing, distributed start-up, dispatch on
+`config.task`, clean errors.
 
-A `UserError` (or a bad flag) prints one line `error: ...` on stderr and exits with status 2; nothing is written
-to the workdir before the checks that can fail have passed.
+    xlm-jax train --config=configs/demo.py --workdir=runs/demo [--config.x=y] [--print_config]
+    xlm-jax translate --checkpoint runs/demo/nmt --src xa --tgt xb < in.txt > out.txt
+    xlm-jax convert from-hf HF_DIR OUT_DIR
+    xlm-jax evaluate runs/demo/nmt --src-file test.xa --tgt-file test.xb --src xa --tgt xb
+    xlm-jax report runs/demo/pretrain
+
+Each subcommand is a module with `main(argv) -> int` (`python -m xlm_jax.<module>` runs the same thing); `train`
+is `main.py`. A `UserError` (or a bad flag) prints one line `error: ...` on stderr and exits with status 2; nothing
+is written to the workdir before the checks that can fail have passed.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import sys
+from typing import Sequence
 
 from absl import flags
 
 from xlm_jax.errors import UserError
 
 TASKS = ("pretrain", "demo", "nmt", "classify")
+# subcommand -> (module with main(argv), one line of help); modules that do not exist (yet) are not offered.
+SUBCOMMANDS = {
+    "train": ("xlm_jax.cli", "pretrain / nmt / demo from a config file (what main.py does)"),
+    "translate": ("xlm_jax.translate", "translate text with an NMT bundle, line by line"),
+    "convert": ("xlm_jax.convert", "convert checkpoints from/to transformers and original XLM"),
+    "evaluate": ("xlm_jax.evaluate_cli", "held-out scores of a bundle on parallel text files"),
+    "report": ("xlm_jax.report", "text summary and PNG plots of a workdir"),
+    "plan": ("xlm_jax.plan", "compile the train step for a topology and show memory per device"),
+    "classify": ("xlm_jax.classify", "cross-lingual classification"),
+}
 
 
 def fail(message: str) -> None:
@@ -45,8 +66,23 @@ def enable_compilation_cache(directory: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def run_task(config, workdir: str | None) -> int:
+def quiet_logging() -> None:
+  """Warnings and errors only: no absl/JAX INFO lines at start-up (libtpu probing on CPU machines, device counts).
+  `--verbosity=0` (absl's flag) brings the INFO lines back."""
+  verbosity = flags.FLAGS["verbosity"] if "verbosity" in flags.FLAGS else None
+  if verbosity is not None and verbosity.present:
+    return
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger().setLevel(logging.WARNING)
   logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def run_task(config, workdir: str | None, print_config: bool = False) -> int:
+  quiet_logging()
+  if print_config:
+    print(config)
+    return 0
   if not workdir:
     fail("--workdir is required.")
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -69,3 +105,53 @@ def run_task(config, workdir: str | None) -> int:
   except UserError as e:
     fail(str(e))
   return 0
+
+
+def _available(module: str) -> bool:
+  return importlib.util.find_spec(module) is not None
+
+
+def define_train_flags() -> None:
+  """The flags of `train` (absl + ml_collections, as in the Flax examples); defining them twice is a no-op."""
+  if "workdir" in flags.FLAGS:
+    return
+  from ml_collections import config_flags
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and prepared data.")
+  flags.DEFINE_bool("print_config", False, "Print the resolved config (every field and its value) and exit.")
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. configs/demo.py or configs/demo.py:pretrain; override any field with "
+      "--config.<field>=<value> (see --print_config for the fields).", lock_config=True)
+
+
+def train_main(argv: Sequence[str]) -> int:
+  """`xlm-jax train ...` and `python main.py ...`: parse absl flags and run `config.task`."""
+  from absl import app
+  define_train_flags()
+
+  def run(_):
+    if flags.FLAGS.config is None:
+      fail("--config is required, e.g. --config=configs/demo.py.")
+    sys.exit(run_task(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.print_config))
+
+  app.run(run, argv=list(argv), flags_parser=parse_flags)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The `xlm-jax` console command: `xlm-jax <subcommand> [args]`."""
+  argv = list(sys.argv if argv is None else argv)
+  offered = {name: (module, text) for name, (module, text) in SUBCOMMANDS.items()
+             if name == "train" or _available(module)}
+  usage = "usage: xlm-jax <command> [args]   (xlm-jax <command> --help for its arguments)\n\ncommands:\n" + "\n".join(
+      f"  {name:<10} {text}" for name, (_, text) in offered.items())
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage)
+    return 0
+  command, rest = argv[1], argv[2:]
+  if command not in offered:
+    print(usage, file=sys.stderr)
+    fail(f"unknown command {command!r}; choose one of {', '.join(offered)}.")
+  if command == "train":
+    return train_main([f"xlm-jax {command}", *rest])
+  module = importlib.import_module(offered[command][0])
+  return int(module.main(rest) or 0)

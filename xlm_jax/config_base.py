@@ -127,6 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log.progress_bar = True
   c.log.batch_checksums = False        # append each step's batch checksum to batch_checksums.jsonl (resume audits)
   c.log.peak_flops = 0.0               # per-device peak for MFU; 0 = measure a matmul on this device
+  c.log.profile_steps = ""             # 'START:STOP': jax.profiler trace of those steps into WORKDIR/profile
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.coordinator = ""       # host:port of process 0; '' = single process or auto-detect (TPU, SLURM)

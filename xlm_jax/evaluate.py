@@ -108,3 +108,11 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str], target_lang: str)
   except ImportError:  # sacremoses is in requirements.txt; stay usable without it
     pass
   return out
+
+
+def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+  """sacreBLEU's chrF (character n-gram F-score, 0-100): kinder than BLEU to near-miss word forms."""
+  from sacrebleu.metrics import CHRF
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+  return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)

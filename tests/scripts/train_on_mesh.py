@@ -1,14 +1,12 @@
 """Run a tiny pretraining on a given mesh and write per-step losses and parameter shardings as JSON.
 
 Usage: XLA_FLAGS=--xla_force_host_platform_device_count=8 python train_on_mesh.py WORKDIR OUT.json DATA FSDP TENSOR
-(used by tests/test_sharding.py; fake CPU devices must be set before jax is imported).
+(used by tests/test_sharding.py, with PYTHONPATH=ROOT:ROOT/tests; fake CPU devices must be set before jax is imported).
 """
 import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 

@@ -27,7 +27,7 @@ import optax
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import parallel
 from xlm_jax.train import flops as flops_lib
-from xlm_jax.train.metrics import MetricsWriter, format_metrics
+from xlm_jax.train.metrics import MetricsWriter, Profiler, format_metrics
 from xlm_jax.train.optim import make_optimizer
 from xlm_jax.train.state import TrainState, sharded_state_layout
 
@@ -187,6 +187,10 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     writer.log(f"{task.name}: {n_params:,} parameters, {total_steps} steps")
     writer.log(parallel.topology_summary(mesh, int(config.data.batch_size), int(config.train.accumulate_gradients)))
+    writer.start(config, {"task": task.name, "parameters": n_params, "mesh": str(dict(mesh.shape)),
+                          "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+                          "processes": jax.process_count(), "steps": total_steps, "step": start_step}, workdir)
+    profiler = Profiler(config.log.profile_steps, workdir)
 
     data_sharding = parallel.batch_sharding(mesh)
     step_fn = jax.jit(make_train_step(task.loss, tx, schedule, int(config.train.accumulate_gradients)),
@@ -234,7 +238,10 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
         if checksums is not None:
           checksums.write(json.dumps({"step": step, "checksum": batch_checksum(local)}) + "\n")
           checksums.flush()
+        profiler.before(step)
         state, metrics = step_fn(state, batch)
+        if profiler.after(step, state):
+          writer.log(f"profile of steps {profiler.start_step}..{step} written to {profiler.directory}")
         flops = task.step_flops(local) * jax.process_count()
         tokens = task.step_tokens(local) * jax.process_count()
         if pending is not None:
@@ -257,6 +264,7 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
       save(total_steps, force=True)
       checkpointer.wait()
     finally:
+      profiler.close()
       stop_requested.restore()
       iterator.close()
       if checksums is not None:

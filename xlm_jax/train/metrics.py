@@ -1,6 +1,11 @@
 """Where metrics go: `metrics.jsonl`, TensorBoard event files, a progress bar with ETA, and console lines.
 
-Only process 0 writes; other processes get a writer that does nothing. Values are plain floats.
+Only process 0 writes; other processes get a writer that does nothing. Values are plain floats; a value that is a
+string (a sample translation, masked words filled in) is text: TensorBoard text and a `kind: text` JSONL record.
+
+At the start of a run `start(config, info)` writes the resolved config to `WORKDIR/config.json`, as TensorBoard
+hparams (every field, dotted) and as a `kind: start` JSONL record with `info` (parameters, devices, mesh).
+`xlm_jax.report.read_metrics` reads the JSONL file back.
 """
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import math
 import os
 import sys
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -36,16 +41,49 @@ class MetricsWriter:
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
                        mininterval=1.0, smoothing=0.1, disable=None)
 
-  def write(self, step: int, metrics: Mapping[str, float], prefix: str) -> None:
-    if not self.enabled:
-      return
-    clean = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(float(v))}
-    record = {"step": int(step), "kind": prefix, "time": time.time(), **clean}
+  def _record(self, record: dict) -> None:
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
+
+  def start(self, config, info: Mapping[str, Any], workdir: str) -> None:
+    """config.json, TensorBoard hparams and a `start` record; the config may be a ConfigDict or a dict."""
+    if not self.enabled:
+      return
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(values, f, indent=1, sort_keys=True, default=str)
+    self._record({"step": int(info.get("step", 0)), "kind": "start", "time": time.time(), **info})
+    if self._tb is not None:
+      from tensorboardX.summary import hparams
+      flat = {k: (v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str))
+              for k, v in flatten(values).items()}
+      flat.update({f"run.{k}": v for k, v in info.items() if isinstance(v, (bool, int, float, str))})
+      for summary in hparams(flat, {"eval/loss": 0.0, "train/loss": 0.0}):
+        self._tb.file_writer.add_summary(summary)
+      self._tb.flush()
+
+  def write(self, step: int, metrics: Mapping[str, Any], prefix: str) -> None:
+    """Scalars under `prefix/name`; string values go to `text` under the same tag."""
+    if not self.enabled:
+      return
+    texts = {k: v for k, v in metrics.items() if isinstance(v, str)}
+    clean = {k: float(v) for k, v in metrics.items()
+             if k not in texts and v is not None and np.isfinite(float(v))}
+    self._record({"step": int(step), "kind": prefix, "time": time.time(), **clean})
     if self._tb is not None:
       for k, v in clean.items():
         self._tb.add_scalar(f"{prefix}/{k}", v, step)
+      self._tb.flush()
+    for k, v in texts.items():
+      self.text(step, f"{prefix}/{k}", v)
+
+  def text(self, step: int, tag: str, text: str) -> None:
+    """A text sample (TensorBoard's text tab renders it as markdown) and a `kind: text` JSONL record."""
+    if not self.enabled:
+      return
+    self._record({"step": int(step), "kind": "text", "time": time.time(), "tag": tag, "text": text})
+    if self._tb is not None:
+      self._tb.add_text(tag, text, step)
       self._tb.flush()
 
   def progress(self, n: int = 1, **postfix) -> None:
@@ -80,4 +118,59 @@ def _short(v) -> str:
 
 def format_metrics(metrics: Mapping[str, float], keys: list[str] | None = None) -> str:
   keys = keys or sorted(metrics)
-  return " ".join(f"{k}={_short(metrics[k])}" for k in keys if k in metrics and math.isfinite(float(metrics[k])))
+  return " ".join(f"{k}={_short(metrics[k])}" for k in keys
+                  if k in metrics and not isinstance(metrics[k], str) and math.isfinite(float(metrics[k])))
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}: config fields as the command line spells them."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+class Profiler:
+  """`config.log.profile_steps = 'START:STOP'` records a `jax.profiler` trace of steps START..STOP-1 into
+  `WORKDIR/profile` (open it with TensorBoard's profile plugin or Perfetto); '' records nothing.
+
+  The trap: steps are dispatched asynchronously, so `stop` waits for the last traced step's outputs before it
+  closes the trace, or the trace would hold only the dispatch.
+  """
+
+  def __init__(self, spec: str, workdir: str):
+    self.start_step = self.stop_step = -1
+    self.directory = os.path.join(workdir, "profile")
+    self.active = False
+    if spec:
+      try:
+        start, stop = (int(x) for x in str(spec).split(":"))
+      except ValueError:
+        from xlm_jax.errors import UserError
+        raise UserError(f"config.log.profile_steps={spec!r}: write START:STOP, e.g. '10:15' (steps 10 to 14).")
+      if not 0 <= start < stop:
+        from xlm_jax.errors import UserError
+        raise UserError(f"config.log.profile_steps={spec!r}: need 0 <= START < STOP.")
+      self.start_step, self.stop_step = start, stop
+
+  def before(self, step: int) -> None:
+    if step == self.start_step and not self.active:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, outputs) -> bool:
+    """Call after dispatching step `step`; True when the trace was closed (the file is written)."""
+    if self.active and step + 1 >= self.stop_step:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self.active = False
+      return True
+    return False
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False

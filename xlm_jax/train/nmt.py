@@ -362,8 +362,11 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
       results[f"bleu_{l1}-{l2}"] = scores["bleu"]
       if "tokenized_bleu" in scores:
         results[f"tokenized_bleu_{l1}-{l2}"] = scores["tokenized_bleu"]
+      shown = list(zip(sources, hyps, pairs_text))[:config.nmt.sample_translations]
+      if shown:  # TensorBoard text and metrics.jsonl (the loop writes string values as text)
+        results[f"samples_{l1}-{l2}"] = "\n\n".join(f"src: {s}  \nhyp: {h}  \nref: {r}" for s, h, (_, r) in shown)
       if jax.process_index() == 0:
-        for s, h, (_, r) in list(zip(sources, hyps, pairs_text))[:config.nmt.sample_translations]:
+        for s, h, (_, r) in shown:
           print(f"  [{l1}->{l2}] {s}\n      hyp: {h}\n      ref: {r}", flush=True)
     return results
 

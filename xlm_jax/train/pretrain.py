@@ -25,6 +25,7 @@ from xlm_jax.data.rows import PairIndex, StreamRows, TlmRows
 from xlm_jax.errors import UserError
 from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
+from xlm_jax.samples import fill_in_samples
 from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state, train_sentencepiece
 from xlm_jax.train.loop import TrainTask, prediction_stats, train
 from xlm_jax.train.optim import parse_lambda
@@ -362,10 +363,11 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
   model = Transformer(cfg)
   lambdas = {o: parse_lambda(getattr(config.data, f"lambda_{o}"), f"config.data.lambda_{o}") for o in ("mlm", "clm")}
   lambdas["tlm"] = lambdas["mlm"]  # as in the reference, TLM is MLM on pairs and shares its weight
+  meta = bundle_meta(config, cfg, languages, tokenizer, "pretrain")
+  held_out = {l: list(itertools.islice(corpus.mono("valid", l)(), 2)) for l in mono_langs}
   task = TrainTask(name="pretrain", init_params=lambda rng: init_params(cfg, rng), loss=make_loss(model, lambdas),
-                   batches=batches, eval_sets=eval_sets,
-                   meta=bundle_meta(config, cfg, languages, tokenizer, "pretrain"),
-                   step_flops=step_flops_fn(cfg), step_tokens=step_tokens, compute_dtype=cfg.dtype)
+                   batches=batches, eval_sets=eval_sets, meta=meta, step_flops=step_flops_fn(cfg),
+                   step_tokens=step_tokens, compute_dtype=cfg.dtype, extra_eval=fill_in_samples(meta, held_out))
   context = {"tokenizer": tokenizer, "languages": languages, "model_config": cfg, "mono": mono, "para": para,
              "corpus": corpus, "lang2id": lang2id, "masking": masking, "data_report": report, "specs": specs}
   return task, context
