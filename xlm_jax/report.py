@@ -3,8 +3,8 @@
     xlm-jax report runs/demo/pretrain                 # summary on stdout, plots in runs/demo/pretrain/report/
     xlm-jax report runs/demo --out docs/img           # a demo workdir: one section per phase (pretrain, nmt)
 
-The summary holds the config that matters (model, data, schedule), steps done, the final and best held-out
-metrics, throughput and MFU, and the last text samples (translations, fill-ins). Everything is read from
+The summary holds the config that matters (model, data, schedule), steps done, the final held-out metrics (and
+any better earlier ones), throughput and MFU, and the last text samples (translations, fill-ins). Everything is read from
 `metrics.jsonl` and `config.json` in the workdir; no checkpoint is opened and no model runs.
 
 The trap: `metrics.jsonl` is appended to across resumes, so a step can appear twice; the later record wins.
@@ -111,7 +111,7 @@ def summary(m: Metrics, samples: int = 4) -> str:
                  f"{m.start.get('mesh')}")
   steps = m.train.get("step", np.array([]))
   total = m.start.get("steps") or (c.get("train", {}).get("steps") if c else None)
-  lines.append(f"steps: {int(steps[-1]) if len(steps) else 0} of {total} logged")
+  lines.append(f"steps: {int(steps[-1]) if len(steps) else 0} of {total or '?'} logged")
   if "tokens_per_sec" in m.train:
     tps = m.train["tokens_per_sec"][np.isfinite(m.train["tokens_per_sec"])]
     mfu = m.train.get("mfu", np.array([math.nan]))
@@ -124,13 +124,13 @@ def summary(m: Metrics, samples: int = 4) -> str:
     lines.append(f"held-out at step {int(m.eval['step'][-1])}:")
     lines.extend(_table(final))
     best = []
-    for k in sorted(final):
+    for k in sorted(final):  # only where an earlier evaluation was better than the last
       values = m.eval[k][np.isfinite(m.eval[k])]
-      if len(values) > 1:
-        pick = np.min if k.endswith("_ppl") else np.max
-        best.append(f"{k}={pick(values):.4g}")
+      pick = np.min if k.endswith("_ppl") else np.max
+      if len(values) > 1 and pick(values) != values[-1]:
+        best.append(f"{k}={pick(values):.4g} (step {int(m.eval['step'][np.isfinite(m.eval[k])][values.tolist().index(pick(values))])})")
     if best:
-      lines.append("best over the run: " + ", ".join(best))
+      lines.append("better earlier: " + ", ".join(best))
   shown = m.texts[-samples:]
   if shown:
     lines.append("last samples:")
