@@ -46,7 +46,8 @@ class TrainTask:
   meta: the bundle metadata saved with every checkpoint.
   step_flops(batch) -> model FLOPs of one step on this process's rows (for MFU); step_tokens(batch) -> real
     tokens in this process's rows. The loop multiplies both by the number of processes.
-  extra_eval(params, step) -> dict of extra held-out metrics (e.g. BLEU); optional.
+  extra_eval(params, step) -> dict of extra held-out metrics (e.g. BLEU); optional. String values are text samples:
+    written to TensorBoard text and metrics.jsonl, left out of the returned metrics.
   """
 
   name: str
@@ -204,9 +205,9 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
       results = evaluate(eval_step, state.params, task.eval_sets, mesh)
       if task.extra_eval is not None:
         results.update(task.extra_eval(state.params, step))
-      writer.write(step, results, "eval")
+      writer.write(step, results, "eval")  # string values (sample translations, fill-ins) become text
       writer.log(f"eval step {step}: " + format_metrics(results))
-      return results
+      return {k: v for k, v in results.items() if not isinstance(v, str)}
 
     saved_steps = set()
 
