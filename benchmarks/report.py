@@ -58,8 +58,8 @@ def section_demo(lines):
   if not d:
     return
   lines += ["## The demo (quick-start command 1)", "",
-            f"Timed by `{d['timed_by']}` (a fresh clone, a fresh venv, the README command verbatim).",
-            f"Machine: {d['machine']}", ""]
+            f"Timed by `{d['timed_by']}` (a fresh clone, a fresh venv, the README command verbatim"
+            + (f": `{d['readme_command']}`)." if d.get("readme_command") else ")."), *provenance(d)]
   lines += table(["", "value"], [["wall time of the whole command (venv + pip install + demo)",
                                   f"{d['seconds']:.0f} s"], *[[k, v] for k, v in d["figures"].items()]]) + [""]
 

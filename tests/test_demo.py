@@ -1,4 +1,5 @@
 """The demo end to end (short form in CI; XLM_JAX_FULL_TESTS=1 runs the full demo config) and `xlm_jax.load`."""
+import json
 import re
 
 import numpy as np
@@ -24,6 +25,13 @@ def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
   assert sorted(d for d, _ in bleu) == ["xa-xb", "xb-xa"], proc.stdout
   if FULL:
     assert min(float(v) for _, v in bleu) > 20.0
+  figures = json.load(open(workdir / "demo.json"))
+  s = figures["summary"]
+  assert sorted(figures["mlm"]) == ["xa", "xb", "xc"] and len(figures["tlm"]) == 6
+  assert 0.0 <= s["unigram_acc"] <= 1.0 and s["unigram_ppl"] > 1.0 and figures["mlm"]["xa"]["n_masked"] > 0
+  assert re.search(r"held-out MLM accuracy [0-9.]+ vs unigram baseline [0-9.]+", proc.stdout), proc.stdout
+  assert all(len(f) >= 1 and f[0]["masked"].count("<mask>") == 1 for f in figures["fill_ins"].values())
+  assert 0 <= s["tlm_pairs_skipped"] and all(0.0 <= t["with_context_acc"] <= 1.0 for t in figures["tlm"].values())
   pre = workdir / "pretrain"
   assert (pre / "metrics.jsonl").exists()
   assert list((pre / "tensorboard").glob("events.out.tfevents.*"))

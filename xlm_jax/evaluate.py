@@ -116,3 +116,43 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> float:
   if len(hypotheses) != len(references):
     raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
   return float(CHRF().corpus_score(list(hypotheses), [list(references)]).score)
+
+
+def unigram_counts(tokenizer, texts: Sequence[str], lang: str | None, vocab_size: int) -> np.ndarray:
+  """Token counts over `texts` (unframed): the unigram model a masked-LM accuracy has to beat."""
+  counts = np.zeros(vocab_size, np.int64)
+  for text in texts:
+    np.add.at(counts, np.asarray(tokenizer.encode(text, lang), np.int64), 1)
+  return counts
+
+
+def masked_lm_accuracy(bundle, texts: Sequence[str], lang: str, counts: np.ndarray, *, rate: float = 0.15,
+                       seed: int = 0) -> dict[str, float]:
+  """Held-out MLM next to its unigram baseline, on the same masked tokens.
+
+  In each sentence `rate` of the word tokens (not the framing `</s>`; at least one) are replaced by <mask>,
+  chosen with a fixed seed; the model predicts them from the rest of the sentence. The unigram baseline
+  predicts every masked token as the most frequent token of `counts` (training text) and scores perplexity with
+  add-one-smoothed unigram probabilities. Returns {'acc', 'ppl', 'unigram_acc', 'unigram_ppl', 'n_masked'}.
+  """
+  tok = bundle.tokenizer
+  rng = np.random.default_rng(seed)
+  ids = bundle.encode(list(texts), lang)
+  lengths = (ids != tok.pad_id).sum(1)
+  masked = ids.copy()
+  where = np.zeros(ids.shape, bool)
+  for i, n in enumerate(lengths):
+    words = np.arange(1, n - 1)
+    if len(words) == 0:
+      continue
+    chosen = rng.choice(words, size=max(1, int(round(rate * len(words)))), replace=False)
+    where[i, chosen] = True
+  masked[where] = tok.mask_id
+  logits = bundle.logits(masked, langs=lang)[where]
+  truth = ids[where]
+  logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+  unigram = (counts + 1.0) / (counts.sum() + len(counts))
+  return {"acc": float(np.mean(logits.argmax(-1) == truth)),
+          "ppl": float(np.exp(-np.mean(np.take_along_axis(logp, truth[:, None], -1)))),
+          "unigram_acc": float(np.mean(truth == int(np.argmax(counts)))),
+          "unigram_ppl": float(np.exp(-np.mean(np.log(unigram[truth])))), "n_masked": int(where.sum())}
