@@ -129,3 +129,22 @@ def test_mismatched_bundles_are_refused(bundle, tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   with pytest.raises(UserError, match="do not match.*tokenizers differ.*vocab_size"):
     initial_params(nmt_config(bundle, **{"init.decoder_bundle": str(other)}), str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("field", ["src_len", "tgt_len", "bt_len"])
+def test_lengths_beyond_the_position_table_are_refused(bundle, tmp_path, field):
+  """Defect 5: past the position table `jnp.take` gave silent NaNs; now one sentence naming the field, before any
+  checkpoint is written."""
+  import xlm_jax
+  table = xlm_jax.load(bundle).model_config.max_positions
+  overrides = {"nmt.src_len": table + 8, "nmt.tgt_len": table + 8, "nmt.bt_len": table + 8, "nmt.bt_steps": "xa-xb-xa"}
+  overrides = {k: v for k, v in overrides.items() if k.endswith(field) or k == "nmt.bt_steps"}
+  with pytest.raises(UserError, match=f"config.nmt.{field}={table + 8} exceeds the model's max_positions={table}"):
+    initial_params(nmt_config(bundle, **overrides), str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_batch_not_divisible_into_micro_batches_is_refused(bundle, tmp_path):
+  """Defect 5: the divisibility check pretraining has (devices x accumulate_gradients)."""
+  with pytest.raises(UserError, match="batch_size=8 must be a multiple of 3"):
+    initial_params(nmt_config(bundle, **{"train.accumulate_gradients": 3}), str(tmp_path / "w"))

@@ -58,7 +58,7 @@ import numpy as np
 from jax import lax
 
 from xlm_jax.errors import UserError
-from xlm_jax.model import Transformer, TransformerConfig
+from xlm_jax.model import EncoderDecoder, TransformerConfig
 from xlm_jax.model.transformer import DecodeCache, reorder_cache
 
 EVAL_MAX_LEN = (1.5, 10)              # reference: validation/test BLEU, max_len = int(1.5 * len + 10)
@@ -290,7 +290,7 @@ def make_decoder(enc_cfg: TransformerConfig, dec_cfg: TransformerConfig,
   tgt_lang_ids: int [B], the language to produce (None only for decoders without language embeddings).
   Dropout is off. The encoder runs once; every beam of a sentence shares its cross-attention keys/values.
   """
-  encoder, decoder = Transformer(enc_cfg), Transformer(dec_cfg)
+  model = EncoderDecoder(enc_cfg, dec_cfg)
   k = options.beam_size
 
   def decode(params, src_tokens, src_langs, tgt_lang_ids, length_penalty=None, early_stopping=None,
@@ -302,15 +302,14 @@ def make_decoder(enc_cfg: TransformerConfig, dec_cfg: TransformerConfig,
     src_tokens = jnp.asarray(src_tokens, jnp.int32)
     cap = target_length_cap(src_tokens.shape[1], options, dec_cfg.max_positions)
     segments = (src_tokens != options.pad_id).astype(jnp.int32)
-    hidden = encoder.apply({"params": params["encoder"]}, src_tokens, None, src_langs, segments, method="encode")
+    variables = {"params": params}
+    hidden = model.apply(variables, src_tokens, None, src_langs, segments, method="encode")
     limits = row_limits(jnp.sum(segments, axis=1), options, cap)
-    dec_vars = {"params": params["decoder"]}
-    cache = decoder.apply(dec_vars, cap, beams=k, src_hidden=hidden, src_segment_ids=segments,
-                          method="init_cache")
+    cache = model.apply(variables, cap, beams=k, src_hidden=hidden, src_segment_ids=segments, method="init_cache")
     langs = None if tgt_lang_ids is None else jnp.repeat(jnp.asarray(tgt_lang_ids, jnp.int32), k)
 
     def step(tokens, t, cache):
-      return decoder.apply(dec_vars, tokens, t, langs, cache, method="decode_step")
+      return model.apply(variables, tokens, t, langs, cache, method="decode_step")
 
     common = dict(eos_id=options.eos_id, pad_id=options.pad_id, length_penalty=length_penalty, block_eos=block_eos)
     if k == 1:

@@ -295,6 +295,51 @@ class Transformer(nn.Module):
     return self.predict(hidden)
 
 
+class EncoderDecoder(nn.Module):
+  """The NMT model: an XLM encoder and an XLM decoder (with cross-attention) as ONE Linen module, as Flax's
+  examples/wmt/models.py. Parameters are `{"encoder": ..., "decoder": ...}` (the layout of NMT bundles).
+
+  Apply it once per step (`encode` then `decode` inside one `apply`, or `__call__`): every dropout mask then derives
+  from the module path (`encoder/...` vs `decoder/...`). The trap this removes: two separate `apply` calls of
+  same-named modules with one dropout key draw IDENTICAL masks in the encoder and the decoder whenever source
+  and target have the same shape.
+
+  `init_cache` / `decode_step` serve incremental decoding (`xlm_jax.decode`) and touch only the decoder.
+  """
+
+  enc_cfg: TransformerConfig
+  dec_cfg: TransformerConfig
+
+  def setup(self):
+    self.encoder = Transformer(self.enc_cfg)
+    self.decoder = Transformer(self.dec_cfg)
+
+  def encode(self, tokens, positions=None, langs=None, segment_ids=None, *, deterministic: bool = True):
+    """Encoder output [B, S, D] (non-causal); zero at padded positions."""
+    return self.encoder.encode(tokens, positions, langs, segment_ids, causal=False, deterministic=deterministic)
+
+  def decode(self, tokens, positions, langs, segment_ids, src_hidden, src_segment_ids, index=None, *,
+             deterministic: bool = True):
+    """Decoder logits (causal, attending to `src_hidden`): at positions `index` [B, P] when given (the vocabulary
+    projection runs only there), else at every position."""
+    hidden = self.decoder.encode(tokens, positions, langs, segment_ids, causal=True, deterministic=deterministic,
+                                 src_hidden=src_hidden, src_segment_ids=src_segment_ids)
+    return self.decoder.predict(hidden) if index is None else self.decoder.predict_at(hidden, index)
+
+  def init_cache(self, max_len: int, *, beams: int = 1, src_hidden=None, src_segment_ids=None) -> DecodeCache:
+    return self.decoder.init_cache(max_len, beams=beams, src_hidden=src_hidden, src_segment_ids=src_segment_ids)
+
+  def decode_step(self, tokens, index, langs, cache: DecodeCache):
+    return self.decoder.decode_step(tokens, index, langs, cache)
+
+  def __call__(self, src_tokens, src_positions, src_langs, src_segment_ids, tgt_tokens, tgt_positions, tgt_langs,
+               tgt_segment_ids, index=None, *, deterministic: bool = True):
+    """Target logits of a (source, target) batch: `encode` then `decode`, in one apply."""
+    hidden = self.encode(src_tokens, src_positions, src_langs, src_segment_ids, deterministic=deterministic)
+    return self.decode(tgt_tokens, tgt_positions, tgt_langs, tgt_segment_ids, hidden, src_segment_ids, index,
+                       deterministic=deterministic)
+
+
 def forward_flops_per_token(cfg: TransformerConfig, seq_len: int, src_len: int = 0) -> float:
   """Matmul FLOPs of one forward pass per input token, without the output projection.
 
@@ -322,3 +367,11 @@ def init_params(cfg: TransformerConfig, rng, length: int = 8):
   src = jnp.zeros((1, length, cfg.emb_dim), jnp.float32) if cfg.is_decoder else None
   src_segments = jnp.ones((1, length), jnp.int32) if cfg.is_decoder else None
   return Transformer(cfg).init(rng, tokens, langs=langs, src_hidden=src, src_segment_ids=src_segments)["params"]
+
+
+def init_encoder_decoder(enc_cfg: TransformerConfig, dec_cfg: TransformerConfig, rng, length: int = 8):
+  """Boxed parameters `{"encoder": ..., "decoder": ...}` of a fresh `EncoderDecoder` (every parameter touched)."""
+  tokens = jnp.full((1, length), enc_cfg.pad_id + 1, jnp.int32)
+  langs = jnp.zeros((1, length), jnp.int32)
+  ones = jnp.ones((1, length), jnp.int32)
+  return EncoderDecoder(enc_cfg, dec_cfg).init(rng, tokens, None, langs, ones, tokens, None, langs, ones)["params"]

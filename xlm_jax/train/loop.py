@@ -18,6 +18,7 @@ import math
 import time
 from typing import Any, Callable, Mapping
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -31,18 +32,63 @@ from xlm_jax.train.metrics import MetricsWriter, Profiler, format_metrics
 from xlm_jax.train.optim import make_optimizer
 from xlm_jax.train.state import TrainState, sharded_state_layout
 
-LossFn = Callable[..., tuple[jnp.ndarray, dict]]
+@flax.struct.dataclass
+class Sums:
+  """The summed statistics of one objective over some prediction slots: what losses return and the loop adds.
+
+  loss: summed (weighted) cross-entropy; weight: summed slot weights (the number of predicted tokens); correct:
+  summed weights of the slots whose argmax is the target. Means are taken once, over a whole batch (or a whole
+  evaluation set): loss / weight. Adding sums of micro-batches and dividing once is the full-batch mean; averaging
+  per-micro-batch means is not, when micro-batches hold different numbers of slots.
+  """
+
+  loss: jnp.ndarray
+  weight: jnp.ndarray
+  correct: jnp.ndarray
+
+  def __add__(self, other: "Sums") -> "Sums":
+    return jax.tree.map(jnp.add, self, other)
+
+
+Metrics = dict  # objective name -> Sums
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """What a task's objectives are, for the loop.
+
+  sums(params, batch, rng, deterministic) -> {objective: Sums} for the objectives present in `batch` (rng None when
+    deterministic).
+  weights(batch) -> {objective: summed slot weights}: the same `weight` as `sums` gives, from the batch alone (no
+    model), so that the loop can normalise every micro-batch by the whole batch's total before the first forward.
+  lambdas: objective -> weight schedule fn(step). An objective whose weight is 0 at a step contributes nothing, and
+    a step whose objectives all weigh 0 is skipped entirely (no optimizer update, no Adam moment or weight-decay
+    move), as the reference skips an objective with coefficient 0.
+  """
+
+  sums: Callable[..., Metrics]
+  weights: Callable[[Mapping], Mapping[str, jnp.ndarray]]
+  lambdas: Mapping[str, Callable[[Any], jnp.ndarray]]
+
+  def objective(self, sums: Metrics, totals: Mapping[str, jnp.ndarray], step) -> jnp.ndarray:
+    """sum_k lambda_k(step) * loss_k / total_weight_k: the scalar that is minimised."""
+    value = jnp.zeros((), jnp.float32)
+    for name, s in sums.items():
+      value = value + self.lambdas[name](step) * s.loss / jnp.maximum(totals[name], 1.0)
+    return value
+
+  def active(self, batch: Mapping, step) -> jnp.ndarray:
+    """True when some objective of `batch` has a non-zero weight at `step`."""
+    return jnp.any(jnp.stack([self.lambdas[name](step) != 0 for name in batch]))
 
 
 @dataclasses.dataclass
 class TrainTask:
   """What a task hands to the loop.
 
-  loss(params, batch, rng, step, deterministic) -> (scalar loss to minimise, dict of summed statistics). The
-    statistics follow a naming convention the loop understands: `<name>_loss_sum`, `<name>_correct` and
-    `<name>_count` become `<name>_loss`, `<name>_acc` and `<name>_ppl`; anything else is reported as a sum.
+  loss: the task's `Loss` (per-objective sums, their weights from the batch, the loss-weight schedules).
   batches: `.batch(step)` -> this process's numpy rows of step `step`; `.fingerprint()` -> str.
-  eval_sets: name -> list of batches (numpy, this process's rows), evaluated with the same `loss`.
+  eval_sets: name -> list of batches (numpy, this process's rows), evaluated with `loss.sums`.
   meta: the bundle metadata saved with every checkpoint.
   step_flops(batch) -> model FLOPs of one step on this process's rows (for MFU); step_tokens(batch) -> real
     tokens in this process's rows. The loop multiplies both by the number of processes.
@@ -52,7 +98,7 @@ class TrainTask:
 
   name: str
   init_params: Callable[[jax.Array], Any]
-  loss: LossFn
+  loss: Loss
   batches: Any
   eval_sets: Mapping[str, list]
   meta: dict
@@ -63,45 +109,57 @@ class TrainTask:
   init_from: Callable[[Any], Any] | None = None  # params -> params, applied to a fresh state (NMT seeding)
 
 
-def prediction_stats(name: str, logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray):
-  """(mean cross-entropy, summed statistics) over the weighted prediction slots of one objective; the statistics
-  follow the `<name>_loss_sum / _count / _correct` convention that `summarize` turns into loss, ppl and acc."""
+def prediction_sums(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray) -> Sums:
+  """`Sums` of the cross-entropy over the weighted prediction slots of one objective."""
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  loss_sum, count = jnp.sum(ce * weights), jnp.sum(weights)
   correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
-  stats = {f"{name}_loss_sum": loss_sum, f"{name}_count": count, f"{name}_correct": correct}
-  return loss_sum / jnp.maximum(count, 1.0), stats
+  return Sums(loss=jnp.sum(ce * weights), weight=jnp.sum(weights), correct=correct)
 
 
-def summarize(stats: Mapping[str, float]) -> dict[str, float]:
-  """Turn summed statistics into means, accuracies and perplexities."""
+def summarize(objectives: Mapping[str, Any]) -> dict[str, float]:
+  """`<name>_loss`, `<name>_ppl` and `<name>_acc` of summed statistics (objectives without slots are left out)."""
   out = {}
-  names = {k[:-len("_count")] for k in stats if k.endswith("_count")}
-  for name in sorted(names):
-    count = float(stats[f"{name}_count"])
-    if count <= 0:
+  for name in sorted(objectives):
+    s = objectives[name]
+    weight = float(s.weight)
+    if weight <= 0:
       continue
-    loss = float(stats.get(f"{name}_loss_sum", math.nan)) / count
+    loss = float(s.loss) / weight
     out[f"{name}_loss"] = loss
-    out[f"{name}_ppl"] = math.exp(min(loss, 50.0))
-    if f"{name}_correct" in stats:
-      out[f"{name}_acc"] = float(stats[f"{name}_correct"]) / count
-  for k, v in stats.items():
-    if not (k.endswith("_count") or k.endswith("_loss_sum") or k.endswith("_correct")):
-      out[k] = float(v)
+    out[f"{name}_ppl"] = math.exp(min(loss, 50.0)) if math.isfinite(loss) else math.nan
+    out[f"{name}_acc"] = float(s.correct) / weight
   return out
 
 
-def make_train_step(loss: LossFn, tx: optax.GradientTransformation, schedule, accumulate: int):
-  """One optimizer update on a batch (split into `accumulate` micro-batches whose gradients are averaged)."""
+NONFINITE = ("skip", "stop")
+
+
+def make_train_step(loss: Loss, tx: optax.GradientTransformation, schedule, accumulate: int):
+  """One optimizer update on a batch, split into `accumulate` micro-batches.
+
+  Every micro-batch's objective is normalised by the WHOLE batch's slot weights (`loss.weights`), so the summed
+  micro-batch gradients are exactly the full-batch gradient (Flax wmt's weighted cross-entropy; MaxText divides
+  by the total weight the same way).
+
+  The update is dropped (params and optimizer state unchanged, the step counter still advances) when the loss or
+  the gradient is not finite, or when every objective of the batch weighs 0 at this step. The metrics say which:
+  `skipped_nonfinite` and `skipped_zero_weight` are 1.0 on such a step.
+  """
 
   def step_fn(state: TrainState, batch):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grad_fn = jax.value_and_grad(lambda p, b, k: loss(p, b, k, state.step, False), has_aux=True)
+    totals = loss.weights(batch)
+
+    def objective(p, b, k):
+      sums = loss.sums(p, b, k, False)
+      return loss.objective(sums, totals, state.step), sums
+
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
     if accumulate == 1:
-      (value, stats), grads = grad_fn(state.params, batch, key)
+      (value, sums), grads = grad_fn(state.params, batch, key)
     else:
-      # rows r, r + B/A, ... form micro-batch r % A; the batch axis stays the sharded (major) axis.
+      # micro-batch a holds rows a, a + A, a + 2A, ... (A = accumulate): the batch axis stays the sharded (major)
+      # axis, so every device holds a share of every micro-batch.
       micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accumulate, accumulate) + x.shape[1:]),
                                                   0, 1), batch)
 
@@ -114,32 +172,41 @@ def make_train_step(loss: LossFn, tx: optax.GradientTransformation, schedule, ac
       first = jax.tree.map(lambda x: x[0], micro)
       s_shape = jax.eval_shape(lambda: grad_fn(state.params, first, key)[0][1])
       zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), t)
-      (grads, stats, value), _ = jax.lax.scan(body, (zeros(state.params), zeros(s_shape), jnp.zeros(())),
-                                              (micro, jnp.arange(accumulate)))
-      grads = jax.tree.map(lambda g: g / accumulate, grads)
-      value = value / accumulate
+      (grads, sums, value), _ = jax.lax.scan(body, (zeros(state.params), zeros(s_shape), jnp.zeros(())),
+                                             (micro, jnp.arange(accumulate)))
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    active = loss.active(batch, state.step)
+    apply = finite & active
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(stats)
-    metrics.update(loss=value, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+    metrics = {"objectives": sums, "loss": value, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "skipped_nonfinite": 1.0 - finite.astype(jnp.float32),
+               "skipped_zero_weight": (finite & ~active).astype(jnp.float32)}
+    return state.replace(step=state.step + 1, params=keep(params, state.params),
+                         opt_state=keep(opt_state, state.opt_state)), metrics
 
   return step_fn
 
 
-def _fetch(metrics) -> dict[str, float]:
-  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+def _fetch(metrics):
+  """The metrics tree on the host, as Python floats (`Sums` stay `Sums`)."""
+  return jax.tree.map(float, jax.device_get(metrics))
+
+
+def _add(a, b):
+  return b if a is None else jax.tree.map(lambda x, y: x + y, a, b)
 
 
 def evaluate(eval_step, params, eval_sets: Mapping[str, list], mesh) -> dict[str, float]:
-  """Run every held-out set; returns summarized metrics prefixed by the set's name."""
+  """Run every held-out set; returns summarized metrics prefixed by the set's name (means over the whole set)."""
   results = {}
   for name, batches in eval_sets.items():
-    total: dict[str, float] = {}
+    total: dict = {}
     for batch in batches:
-      stats = _fetch(eval_step(params, parallel.global_batch(batch, mesh)))
-      for k, v in stats.items():
-        total[k] = total.get(k, 0.0) + v
+      for k, v in _fetch(eval_step(params, parallel.global_batch(batch, mesh))).items():
+        total[k] = _add(total.get(k), v)
     for k, v in summarize(total).items():
       results[f"{name}/{k}"] = v
   return results
@@ -196,8 +263,7 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     data_sharding = parallel.batch_sharding(mesh)
     step_fn = jax.jit(make_train_step(task.loss, tx, schedule, int(config.train.accumulate_gradients)),
                       in_shardings=(shardings, data_sharding), out_shardings=(shardings, None), donate_argnums=0)
-    eval_step = jax.jit(lambda p, b: task.loss(p, b, None, jnp.zeros((), jnp.int32), True)[1],
-                        in_shardings=(shardings.params, data_sharding))
+    eval_step = jax.jit(lambda p, b: task.loss.sums(p, b, None, True), in_shardings=(shardings.params, data_sharding))
     peak = float(config.log.peak_flops) or flops_lib.measured_peak_flops(task.compute_dtype)
     peak_total = peak * jax.device_count()
 
@@ -313,9 +379,12 @@ class StopSignal:
       signal.signal(sig, handler)
 
 
-def _account(pending, window, writer: MetricsWriter, config, peak_total: float, final: bool = False) -> None:
-  """Fetch the previous step's metrics (the next step is already dispatched) and log every `log.every` steps."""
-  step, metrics, flops, tokens = pending
+def _account(pending, window, writer: MetricsWriter, config, peak_total: float, final: bool = False) -> dict:
+  """Fetch the previous step's metrics (the next step is already dispatched) and log every `log.every` steps.
+
+  Returns the fetched metrics of that step. Means over a logging window are taken once over summed statistics;
+  non-finite values are kept (the writer records them as NaN), never dropped."""
+  step, metrics, flops, tokens = pending[:4]
   values = _fetch(metrics)
   now = time.perf_counter()
   if window["t0"] is None:  # the first step includes compilation: start timing after it
@@ -325,15 +394,18 @@ def _account(pending, window, writer: MetricsWriter, config, peak_total: float, 
     window["flops"] += flops
     window["tokens"] += tokens
   for k, v in values.items():
-    window["sums"][k] = window["sums"].get(k, 0.0) + v
+    window["sums"][k] = _add(window["sums"].get(k), v)
   window["n"] = window.get("n", 0) + 1
-  writer.progress(1, loss=values.get("loss", float("nan")))
+  writer.progress(1, loss=values["loss"])
   done = step + 1
   if done % config.log.every == 0 or final:
     sums = window.pop("sums")
     n = window.pop("n")
-    report = summarize({k: v for k, v in sums.items() if k not in ("loss", "grad_norm", "lr")})
-    report.update(loss=sums.get("loss", 0.0) / n, grad_norm=sums.get("grad_norm", 0.0) / n, lr=values.get("lr", 0.0))
+    report = summarize(sums.get("objectives", {}))
+    report.update(loss=sums["loss"] / n, grad_norm=sums["grad_norm"] / n, lr=values["lr"])
+    for k in ("skipped_nonfinite", "skipped_zero_weight"):
+      if sums.get(k):
+        report[k] = sums[k]
     elapsed = now - window["t0"]
     if window["steps"] and elapsed > 0:
       report["tokens_per_sec"] = window["tokens"] / elapsed
@@ -342,3 +414,4 @@ def _account(pending, window, writer: MetricsWriter, config, peak_total: float, 
     writer.write(done, report, "train")
     writer.log(f"step {done}: " + format_metrics(report, sorted(k for k in report if "/" not in k)))
     window.update(t0=now, steps=0, flops=0.0, tokens=0, sums={})
+  return values

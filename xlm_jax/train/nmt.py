@@ -35,10 +35,10 @@ from xlm_jax.data.rows import BtRows, PairIndex, TranslationRows
 from xlm_jax.errors import UserError
 from xlm_jax.evaluate import bleu
 from xlm_jax.io_utils import atomic_write
-from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
+from xlm_jax.model import EncoderDecoder, TransformerConfig, forward_flops_per_token, init_encoder_decoder
 from xlm_jax.tokenizer import tokenizer_from_state
 from xlm_jax.train import pretrain
-from xlm_jax.train.loop import TrainTask, prediction_stats, train
+from xlm_jax.train.loop import Loss, TrainTask, prediction_sums, train
 from xlm_jax.train.optim import parse_lambda
 from xlm_jax.translate import translate_texts
 
@@ -144,29 +144,28 @@ def format_table(table: list[tuple[str, str]]) -> str:
   return "\n".join(lines)
 
 
-def make_loss(encoder: Transformer, decoder: Transformer, lambdas: Mapping[str, Any], bt_decode, pad_id: int):
-  """Sum over the objectives in the batch of weight * mean cross-entropy of the target tokens."""
+def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_id: int) -> Loss:
+  """MT, denoising AE and back-translation: per objective, the summed cross-entropy of the target tokens (`Sums`).
 
-  def seq2seq(params, b, rngs, deterministic):
-    hidden = encoder.apply({"params": params["encoder"]}, b["src_tokens"], b["src_positions"], b["src_langs"],
-                           b["src_segments"], causal=False, deterministic=deterministic, rngs=rngs, method="encode")
-    return decoder.apply({"params": params["decoder"]}, b["tgt_tokens"], b["tgt_positions"], b["tgt_langs"],
-                         b["tgt_segments"], b["pred_index"], hidden, b["src_segments"], deterministic, rngs=rngs,
-                         method=_decoder_logits)
+  The encoder-decoder runs in ONE `apply` per objective, so encoder and decoder dropout masks are independent
+  (derived from their module paths); objectives get distinct dropout keys."""
 
-  def loss(params, batch, rng, step, deterministic: bool):
-    total = jnp.zeros((), jnp.float32)
-    stats = {}
+  def sums(params, batch, rng, deterministic: bool):
+    out = {}
     for k, key in enumerate(sorted(batch)):
       b = batch[key]
       rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, k)}
       if key == "bt":
         b = back_translated(params, b)
-      logits = seq2seq(params, b, rngs, deterministic)
-      mean, key_stats = prediction_stats(key, logits, b["pred_targets"], b["pred_weights"])
-      total = total + lambdas[key](step) * mean
-      stats.update(key_stats)
-    return total, stats
+      logits = model.apply({"params": params}, b["src_tokens"], b["src_positions"], b["src_langs"],
+                           b["src_segments"], b["tgt_tokens"], b["tgt_positions"], b["tgt_langs"], b["tgt_segments"],
+                           b["pred_index"], deterministic=deterministic, rngs=rngs)
+      out[key] = prediction_sums(logits, b["pred_targets"], b["pred_weights"])
+    return out
+
+  def weights(batch):
+    return {key: (jnp.sum(b["tokens"][:, 1:] != pad_id).astype(jnp.float32) if key == "bt"
+                  else jnp.sum(b["pred_weights"])) for key, b in batch.items()}
 
   def back_translated(params, b):
     """Translate the l1 sentences into l2 with the current model (no gradient, no dropout, greedy, as the
@@ -185,13 +184,7 @@ def make_loss(encoder: Transformer, decoder: Transformer, lambdas: Mapping[str, 
             "pred_index": jnp.broadcast_to(jnp.arange(length - 1, dtype=jnp.int32), (tgt.shape[0], length - 1)),
             "pred_targets": tgt[:, 1:], "pred_weights": (tgt_seg[:, 1:] > 0).astype(jnp.float32)}
 
-  return loss
-
-
-def _decoder_logits(m, tokens, positions, langs, segments, index, src_hidden, src_segments, deterministic):
-  hidden = m.encode(tokens, positions, langs, segments, causal=True, deterministic=deterministic,
-                    src_hidden=src_hidden, src_segment_ids=src_segments)
-  return m.predict_at(hidden, index)
+  return Loss(sums=sums, weights=weights, lambdas=dict(lambdas))
 
 
 def nmt_flops(enc: TransformerConfig, dec: TransformerConfig):
@@ -214,14 +207,31 @@ def nmt_flops(enc: TransformerConfig, dec: TransformerConfig):
   return step_flops
 
 
-def nmt_tokens(batch) -> int:
-  n = 0
-  for key, b in batch.items():
-    if key == "bt":
-      n += int(np.sum(np.asarray(b["tokens"]) != 2)) * 2
-    else:
-      n += int(np.sum(np.asarray(b["src_segments"]) > 0) + np.sum(np.asarray(b["tgt_segments"]) > 0))
-  return n
+def nmt_tokens_fn(pad_id: int):
+  def nmt_tokens(batch) -> int:
+    n = 0
+    for key, b in batch.items():
+      if key == "bt":
+        n += int(np.sum(np.asarray(b["tokens"]) != pad_id)) * 2
+      else:
+        n += int(np.sum(np.asarray(b["src_segments"]) > 0) + np.sum(np.asarray(b["tgt_segments"]) > 0))
+    return n
+  return nmt_tokens
+
+
+def check_shapes(config, enc_cfg: TransformerConfig, dec_cfg: TransformerConfig, mesh) -> None:
+  """Lengths within the position tables (past them `jnp.take` reads garbage: silent NaNs) and a batch that splits
+  evenly over the devices and micro-batches."""
+  for field, table in (("src_len", enc_cfg.max_positions), ("tgt_len", dec_cfg.max_positions),
+                       ("bt_len", min(enc_cfg.max_positions, dec_cfg.max_positions))):
+    value = int(config.nmt[field])
+    if value > table:
+      raise UserError(f"config.nmt.{field}={value} exceeds the model's max_positions={table} (its position "
+                      f"table); lower config.nmt.{field} to at most {table}.")
+  divisor = parallel.batch_divisor(mesh) * int(config.train.accumulate_gradients)
+  if config.data.batch_size % divisor:
+    raise UserError(f"config.data.batch_size={config.data.batch_size} must be a multiple of {divisor} (devices on "
+                    "the data and fsdp mesh axes times accumulate_gradients).")
 
 
 def make_batches(config, specs: list[StepSpec], para: dict, mono: dict, lang2id: dict, tokenizer
@@ -299,6 +309,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
     tokenizer = pretrain.get_tokenizer(config, workdir, corpus, languages, None,
                                        pretrain.parse_line_windows(config.data.mono_lines, languages))
   enc_cfg, dec_cfg = model_configs(config, meta, tokenizer.vocab_size, len(languages), tokenizer.pad_id)
+  check_shapes(config, enc_cfg, dec_cfg, mesh)
   if existing is not None:
     saved = (existing.get("model"), existing.get("decoder_model"))
     mine = ({k: v for k, v in enc_cfg.to_dict().items()}, {k: v for k, v in dec_cfg.to_dict().items()})
@@ -321,7 +332,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   directions = sorted({tuple(s.langs[:2]) for s in specs if s.key in ("mt", "bt")})
   bt_len = int(config.nmt.bt_len)
 
-  encoder, decoder = Transformer(enc_cfg), Transformer(dec_cfg)
+  model = EncoderDecoder(enc_cfg, dec_cfg)
   bt_options = decode_lib.DecodeOptions(eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, beam_size=1,
                                         max_len_a=config.nmt.bt_max_len_a, max_len_b=config.nmt.bt_max_len_b,
                                         max_len=bt_len)
@@ -329,9 +340,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
                                       dec_cfg.replace(dropout=0.0, attention_dropout=0.0), bt_options)
   lambdas = {k: parse_lambda(getattr(config.nmt, f"lambda_{k}"), f"config.nmt.lambda_{k}") for k in ("mt", "ae", "bt")}
 
-  def init(rng):
-    r1, r2 = jax.random.split(rng)
-    return {"encoder": init_params(enc_cfg, r1), "decoder": init_params(dec_cfg, r2)}
+  init = lambda rng: init_encoder_decoder(enc_cfg, dec_cfg, rng)
 
   table_path = os.path.join(workdir, "init_table.txt")
 
@@ -375,10 +384,9 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
               "model": enc_cfg.to_dict(), "decoder_model": dec_cfg.to_dict(), "languages": languages,
               "tokenizer": tokenizer.state(), "bleu_signature": signature, "bleu_split": config.nmt.bleu_split,
               "config": json.loads(json.dumps(config.to_dict(), default=str))}
-  task = TrainTask(name="nmt", init_params=init, loss=make_loss(encoder, decoder, lambdas, bt_decode,
-                                                                tokenizer.pad_id),
+  task = TrainTask(name="nmt", init_params=init, loss=make_loss(model, lambdas, bt_decode, tokenizer.pad_id),
                    batches=batches, eval_sets=eval_sets, meta=meta_out, step_flops=nmt_flops(enc_cfg, dec_cfg),
-                   step_tokens=nmt_tokens, compute_dtype=enc_cfg.dtype, extra_eval=extra_eval,
+                   step_tokens=nmt_tokens_fn(tokenizer.pad_id), compute_dtype=enc_cfg.dtype, extra_eval=extra_eval,
                    init_from=init_from)
   context = {"tokenizer": tokenizer, "languages": languages, "encoder_config": enc_cfg, "decoder_config": dec_cfg,
              "references": references}

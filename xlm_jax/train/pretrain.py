@@ -27,7 +27,7 @@ from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
 from xlm_jax.samples import fill_in_samples
 from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state, train_sentencepiece
-from xlm_jax.train.loop import TrainTask, prediction_stats, train
+from xlm_jax.train.loop import Loss, TrainTask, prediction_sums, train
 from xlm_jax.train.optim import parse_lambda
 
 N_SPECIAL = 6  # <s> </s> <pad> <unk> <special0> <mask>
@@ -219,24 +219,23 @@ def masking_scores(masking: MaskingConfig, prepared: list[PreparedText]) -> np.n
   return frequency_scores(np.asarray(counts), masking.sample_alpha, masking.special_ids)
 
 
-def make_loss(model: Transformer, lambdas: Mapping[str, Any]):
-  """Sum over the objectives in the batch of weight * mean cross-entropy at the prediction slots."""
+def make_loss(model: Transformer, lambdas: Mapping[str, Any]) -> Loss:
+  """MLM / TLM / CLM: per objective, the summed cross-entropy at the prediction slots (`Sums`); the loop weighs
+  them by `lambdas` and normalises by the batch's slot count."""
 
-  def loss(params, batch, rng, step, deterministic: bool):
-    total = jnp.zeros((), jnp.float32)
-    stats = {}
+  def sums(params, batch, rng, deterministic: bool):
+    out = {}
     for k, objective in enumerate(sorted(batch)):
       b = batch[objective]
       rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, k)}
       logits = model.apply({"params": params}, b["tokens"], b["positions"], b["langs"], b["segment_ids"],
                            b["pred_index"], causal=objective == "clm", deterministic=deterministic, rngs=rngs,
                            method=lambda m, t, p, l, s, i, **kw: m.predict_at(m.encode(t, p, l, s, **kw), i))
-      mean, objective_stats = prediction_stats(objective, logits, b["pred_targets"], b["pred_weights"])
-      total = total + lambdas[objective](step) * mean
-      stats.update(objective_stats)
-    return total, stats
+      out[objective] = prediction_sums(logits, b["pred_targets"], b["pred_weights"])
+    return out
 
-  return loss
+  weights = lambda batch: {objective: jnp.sum(b["pred_weights"]) for objective, b in batch.items()}
+  return Loss(sums=sums, weights=weights, lambdas=dict(lambdas))
 
 
 def step_flops_fn(cfg: TransformerConfig):
