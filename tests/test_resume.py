@@ -86,7 +86,8 @@ def test_preemption_signal_saves_and_stops_cleanly(straight, tmp_path):
   workdir = tmp_path / "preempted"
   code, err = interrupt(workdir, signal.SIGTERM, after_step=10)
   assert code == 0, err[-2000:]
-  assert "preemption notice at step" in err
-  stopped = int(err.split("preemption notice at step ")[1].split(":")[0])
+  assert "stop requested (SIGTERM) at step" in err
+  stopped = int(err.split("stop requested (SIGTERM) at step ")[1].split(":")[0])
+  assert f"saved step {stopped} to " in err
   assert 10 <= stopped < 40 and (workdir / "checkpoints" / str(stopped) / "params").exists()
   resume_and_compare(straight, workdir)

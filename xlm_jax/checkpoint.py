@@ -24,6 +24,7 @@ from xlm_jax.model import layout
 
 BUNDLE_FORMAT = "xlm_jax.bundle/1"
 ITEMS = ("params", "train", "meta", "data")
+TMP_MARKER = ".orbax-checkpoint-tmp"  # how Orbax names a step directory while it is being written
 
 
 def checkpoint_root(path: str) -> str:
@@ -58,17 +59,62 @@ def all_steps(root: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(root) if n.isdigit() and _is_step_dir(os.path.join(root, n)))
 
 
+def _os_error(e: BaseException) -> OSError | None:
+  """The OSError (disk full, permission, I/O) behind `e`, if any (Orbax wraps them)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
 class Checkpointer:
-  """Saves and restores train states and bundles under one checkpoint root."""
+  """Saves and restores train states and bundles under one checkpoint root.
+
+  Guarantees (docs/reliability.md): a step directory appears only once complete (Orbax writes a temporary
+  directory and renames it); temporary directories left by an interrupted save are removed when the next run opens
+  the root; a newest checkpoint that cannot be restored is set aside (renamed `corrupt.<step>`, never deleted) and
+  the previous one is used, with a warning; a save that fails (disk full, permission) raises one `UserError`
+  sentence and leaves the earlier checkpoints as they were.
+  """
 
   def __init__(self, root: str, *, keep: int = 3, async_save: bool = True):
     self.root = os.path.abspath(root)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                           create=True)
-    self._manager = ocp.CheckpointManager(self.root, options=options, item_names=ITEMS)
+    self._keep, self._async = keep, async_save
+    self._failed = False
+    self._remove_interrupted_saves()
+    self._manager = self._open()
+
+  def _remove_interrupted_saves(self) -> None:
+    """Delete what interrupted saves left behind (Orbax's `<step>.orbax-checkpoint-tmp*` directories): they are
+    never complete and never read. Runs before this run saves anything."""
+    import shutil
+    if jax.process_index() == 0 and os.path.isdir(self.root):
+      for name in os.listdir(self.root):
+        if TMP_MARKER in name:
+          shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+    _sync("checkpoint-cleanup")
+
+  def _open(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, enable_async_checkpointing=self._async,
+                                           create=True, cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(self.root, options=options, item_names=ITEMS)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def _save_failed(self, step: int | None, e: BaseException) -> UserError:
+    self._failed = True
+    error = _os_error(e)
+    if error is None:
+      raise e
+    steps = [s for s in all_steps(self.root)]
+    what = f"step {step}" if step is not None else "a checkpoint"
+    return UserError(f"could not write {what} under {self.root} ({error.strerror or error}); the earlier "
+                     f"checkpoints {steps or '(none)'} are intact: free space or fix the permissions, then re-run "
+                     "the same command to resume.")
 
   def save(self, step: int, params: Any, meta: Mapping, train: Any = None, data: Mapping | None = None,
            force: bool = False) -> bool:
@@ -77,7 +123,10 @@ class Checkpointer:
       items["train"] = ocp.args.StandardSave(train)
     if data is not None:
       items["data"] = ocp.args.JsonSave(dict(data))
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    try:
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    except Exception as e:  # noqa: BLE001 - only OS errors become a UserError, the rest re-raise
+      raise self._save_failed(step, e) from None
 
   def reached_preemption(self, step: int) -> bool:
     return self._manager.reached_preemption(step)
@@ -102,11 +151,58 @@ class Checkpointer:
                                   target)
     return out
 
+  def restore_newest(self, params_target: Any, train_target: Any = None) -> tuple[int | None, dict | None]:
+    """(step, restored items) of the newest checkpoint that restores; (None, None) when the root holds none.
+
+    Names and shapes are checked against the target first: a checkpoint of a different model is a `UserError`
+    (Orbax itself would restore a differently-shaped array silently), never set aside. A step that then fails to
+    restore (truncated or corrupted files) is renamed `corrupt.<step>` (never deleted) with a warning, and the
+    previous step is tried.
+    """
+    for step in reversed(list(self._manager.all_steps())):
+      # before restoring: Orbax restores a differently-shaped array without complaint (it pads or truncates)
+      self._check_same_model(step, params_target)
+      try:
+        return step, self.restore(step, params_target, train_target)
+      except Exception as e:  # noqa: BLE001 - same model, unreadable: a damaged checkpoint
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        aside = os.path.join(self.root, f"corrupt.{step}")
+        if jax.process_index() == 0:
+          os.replace(os.path.join(self.root, str(step)), aside)
+        _sync(f"checkpoint-aside-{step}")
+        print(f"warning: checkpoint step {step} in {self.root} cannot be restored ({reason}); moved it to {aside} "
+              "and trying the previous one.", flush=True)
+        self._manager.close()
+        self._manager = self._open()
+    return None, None
+
+  def _check_same_model(self, step: int, params_target: Any) -> None:
+    try:
+      tree = _stored_tree(os.path.join(self.root, str(step), "params"))
+    except Exception:  # noqa: BLE001 - unreadable metadata: a damaged checkpoint, not another model
+      return
+    if not tree_paths(tree):  # unreadable metadata: a damaged checkpoint
+      return
+    tree = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree,
+                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
+    stored, wanted = layout.is_stacked(tree), layout.is_stacked(params_target)
+    if stored is not None and wanted is not None and stored != wanted:  # the other layer layout: restore converts
+      params_target = layout.to_layout(params_target, stored)
+    check_same_shapes(params_target, tree, f"the checkpoint {os.path.join(self.root, str(step))} is of a different "
+                      "model than this run's config (use another --workdir)")
+
   def wait(self):
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - only OS errors become a UserError
+      raise self._save_failed(None, e) from None
 
   def close(self):
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception:  # noqa: BLE001
+      if not self._failed:
+        raise
     self._manager.close()
 
 
@@ -115,6 +211,12 @@ def _stored_tree(params_dir: str) -> Any:
   structure = ocp.StandardCheckpointer().metadata(params_dir)
   tree = getattr(structure, "item_metadata", structure)
   return getattr(tree, "tree", tree)  # orbax wraps the nested dict in a tree-metadata object
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def read_meta(path: str) -> dict:

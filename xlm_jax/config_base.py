@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.weight_decay = 0.0
   c.train.clip_grad_norm = 5.0         # global norm; 0 disables
   c.train.accumulate_gradients = 1     # micro-batches per update (batch_size must divide)
+  c.train.nonfinite = "skip"           # a NaN/inf loss or gradient: skip (drop the update, count, log) | stop (exit 1)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.preset = ""                   # dp | fsdp | fsdp_tp: sizes filled from the devices; '' = the sizes below

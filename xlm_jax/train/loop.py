@@ -27,6 +27,7 @@ import optax
 
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import parallel
+from xlm_jax.errors import UserError
 from xlm_jax.train import flops as flops_lib
 from xlm_jax.train.metrics import MetricsWriter, Profiler, format_metrics
 from xlm_jax.train.optim import make_optimizer
@@ -144,9 +145,12 @@ def make_train_step(loss: Loss, tx: optax.GradientTransformation, schedule, accu
   The update is dropped (params and optimizer state unchanged, the step counter still advances) when the loss or
   the gradient is not finite, or when every objective of the batch weighs 0 at this step. The metrics say which:
   `skipped_nonfinite` and `skipped_zero_weight` are 1.0 on such a step.
+
+  `stop` (optional, int [rows] sharded like the batch): each process's stop request; `metrics["stop"]` is their
+  maximum, the same on every process, which is how several processes agree on the step they stop at.
   """
 
-  def step_fn(state: TrainState, batch):
+  def step_fn(state: TrainState, batch, stop=None):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     totals = loss.weights(batch)
 
@@ -184,6 +188,8 @@ def make_train_step(loss: Loss, tx: optax.GradientTransformation, schedule, accu
     metrics = {"objectives": sums, "loss": value, "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped_nonfinite": 1.0 - finite.astype(jnp.float32),
                "skipped_zero_weight": (finite & ~active).astype(jnp.float32)}
+    if stop is not None:  # any process asked to stop: every process reads the same value, one step later
+      metrics["stop"] = jnp.max(stop).astype(jnp.float32)
     return state.replace(step=state.step + 1, params=keep(params, state.params),
                          opt_state=keep(opt_state, state.opt_state)), metrics
 
@@ -228,12 +234,13 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
   checkpointer = ckpt.Checkpointer(f"{workdir}/checkpoints",
                                   keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   total_steps = int(config.train.steps)
-  latest = checkpointer.latest_step()
   writer_start = 0
+  if config.train.nonfinite not in NONFINITE:
+    raise UserError(f"config.train.nonfinite={config.train.nonfinite!r} is not one of {NONFINITE}.")
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    if latest is not None:
-      train_target = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
-      restored = checkpointer.restore(latest, target.params, train_target)
+    train_target = {"step": target.step, "opt_state": target.opt_state, "rng": target.rng}
+    latest, restored = checkpointer.restore_newest(target.params, train_target)
+    if restored is not None:
       train_part = restored["train"]
       state = TrainState(step=train_part["step"], params=restored["params"], opt_state=train_part["opt_state"],
                          rng=train_part["rng"])
@@ -262,7 +269,9 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
 
     data_sharding = parallel.batch_sharding(mesh)
     step_fn = jax.jit(make_train_step(task.loss, tx, schedule, int(config.train.accumulate_gradients)),
-                      in_shardings=(shardings, data_sharding), out_shardings=(shardings, None), donate_argnums=0)
+                      in_shardings=(shardings, data_sharding, data_sharding), out_shardings=(shardings, None),
+                      donate_argnums=0)
+    all_finite = jax.jit(lambda p: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(p)])))
     eval_step = jax.jit(lambda p, b: task.loss.sums(p, b, None, True), in_shardings=(shardings.params, data_sharding))
     peak = float(config.log.peak_flops) or flops_lib.measured_peak_flops(task.compute_dtype)
     peak_total = peak * jax.device_count()
@@ -280,6 +289,10 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     def save(step: int, force: bool = False) -> None:
       if step in saved_steps or checkpointer.latest_step() == step:
         return
+      if not bool(all_finite(state.params)):  # never write a checkpoint that would poison every resume
+        raise UserError(f"step {step}: the parameters are not finite; not saving a checkpoint (the newest complete "
+                        f"one in {checkpointer.root} is intact). Lower config.train.lr or keep "
+                        "config.train.nonfinite='skip'.")
       saved_steps.add(step)
       meta = dict(task.meta, step=step, metrics={k: v for k, v in last_eval.items()})
       train_part = {"step": state.step, "opt_state": state.opt_state, "rng": state.rng}
@@ -295,37 +308,61 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     # every process records the checksums of its own rows (process i > 0 in batch_checksums.process<i>.jsonl)
     suffix = f".process{jax.process_index()}" if jax.process_index() else ""
     checksums = open(f"{workdir}/batch_checksums{suffix}.jsonl", "a") if config.log.batch_checksums else None
-    pending = None  # (step, metrics on device, flops, tokens) of the previous step
+    pending = None  # (step, metrics on device, flops, tokens, host batch) of the previous step
     window = {"t0": None, "steps": 0, "flops": 0.0, "tokens": 0, "sums": {}}
     last_eval: dict[str, float] = {}
+    skipped = 0
     step = start_step
+
+    def account(final: bool = False) -> bool:
+      """Log the previous step; handle a non-finite one; True when some process asked to stop."""
+      nonlocal skipped
+      values = _account(pending, window, writer, config, peak_total, final=final)
+      if values["skipped_nonfinite"]:
+        bad_step, local = pending[0], pending[4]
+        bad = [k for k, v in sorted(values["objectives"].items()) if not math.isfinite(v.loss)] or ["the gradient"]
+        where = (f"step {bad_step}: non-finite loss or gradient (objective {', '.join(bad)}; batch checksum "
+                 f"{batch_checksum(local)}; grad_norm {values['grad_norm']})")
+        if config.train.nonfinite == "stop":
+          raise NonFiniteError(f"{where}; stopped (config.train.nonfinite='stop'). The update was not applied and no "
+                               "checkpoint was written after it; re-run to resume from the newest one, or set "
+                               "config.train.nonfinite='skip'.")
+        skipped += 1
+        writer.log(f"{where}: update skipped ({skipped} so far in this run)")
+      return bool(values.get("stop", 0.0))
+
     try:
       while step < total_steps:
         _, local, batch = next(iterator)  # batch: already on the devices (copied while the last step ran)
         if checksums is not None:
           checksums.write(json.dumps({"step": step, "checksum": batch_checksum(local)}) + "\n")
           checksums.flush()
+        rows = jax.tree.leaves(batch)[0].shape[0] // jax.process_count()
+        flags = parallel.global_batch(np.full((rows,), int(stop_requested.requested), np.int32), mesh)
         profiler.before(step)
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, batch, flags)
         if profiler.after(step, state):
           writer.log(f"profile of steps {profiler.start_step}..{step} written to {profiler.directory}")
         flops = task.step_flops(local) * jax.process_count()
         tokens = task.step_tokens(local) * jax.process_count()
-        if pending is not None:
-          _account(pending, window, writer, config, peak_total)
-        pending = (step, metrics, flops, tokens)
+        stop = account() if pending is not None else False
+        pending = (step, metrics, flops, tokens, local)
         step += 1
         if step % config.checkpoint.every == 0 and step < total_steps:
           save(step)
         if config.log.eval_every and step % config.log.eval_every == 0 and step < total_steps:
           last_eval = run_eval(step)
-        if checkpointer.reached_preemption(step) or stop_requested(step, config.log.every):
-          writer.log(f"preemption notice at step {step}: saving and stopping")
+        stop = stop or (jax.process_count() == 1 and stop_requested.requested)
+        if step < total_steps and (stop or checkpointer.reached_preemption(step)):
+          account(final=True)
+          pending = None
+          writer.log(f"stop requested ({stop_requested.describe()}) at step {step}: saving")
           save(step, force=True)
           checkpointer.wait()
+          writer.log(f"saved step {step} to {checkpointer.root}/{step}; stopped. Re-run the same command to resume.")
           return TrainResult(last_eval, state)
       if pending is not None:
-        _account(pending, window, writer, config, peak_total, final=True)
+        account(final=True)
       if latest is None or start_step < total_steps or not last_eval:
         last_eval = run_eval(total_steps)
       save(total_steps, force=True)
@@ -341,19 +378,26 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
   return TrainResult(last_eval, state)
 
 
-class StopSignal:
-  """SIGTERM / SIGUSR1 (SLURM's advance notice, a scheduler's preemption) ask the loop to checkpoint and stop.
+class NonFiniteError(UserError):
+  """A non-finite loss or gradient with `config.train.nonfinite='stop'`."""
 
-  Single process: checked every step. Several processes must agree on the step they stop at (a checkpoint is a
-  collective), so there the flags are all-gathered every `every` steps and any process's request stops all.
+
+class StopSignal:
+  """SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (SLURM's advance notice, a scheduler's preemption) ask the loop to
+  finish the step, checkpoint, wait for the save and stop (exit status 0). A second SIGINT interrupts at once.
+
+  Several processes must agree on the step they stop at (a checkpoint is a collective): each process's flag goes
+  into the next jitted step and comes back as one maximum, so every process stops at the same step, one step after
+  the first request reached any of them.
   """
 
-  SIGNALS = ("SIGTERM", "SIGUSR1")
+  SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
   def __init__(self):
     import signal
     import threading
     self.requested = False
+    self.received: str | None = None
     self._previous = {}
     if threading.current_thread() is threading.main_thread():
       for name in self.SIGNALS:
@@ -362,21 +406,21 @@ class StopSignal:
           self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):
+    import signal
+    if self.requested and signum == signal.SIGINT:  # Ctrl-C twice: stop now, without the checkpoint
+      self.restore()
+      raise KeyboardInterrupt
     self.requested = True
+    self.received = signal.Signals(signum).name
 
-  def __call__(self, step: int, every: int) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    if step % max(every, 1):
-      return False
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
-    return bool(np.any(flags))
+  def describe(self) -> str:
+    return self.received or "by another process or a preemption notice"
 
   def restore(self):
     import signal
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}
 
 
 def _account(pending, window, writer: MetricsWriter, config, peak_total: float, final: bool = False) -> dict:

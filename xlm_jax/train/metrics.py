@@ -17,7 +17,6 @@ import time
 from typing import Any, Mapping
 
 import jax
-import numpy as np
 
 
 class MetricsWriter:
@@ -67,8 +66,8 @@ class MetricsWriter:
     if not self.enabled:
       return
     texts = {k: v for k, v in metrics.items() if isinstance(v, str)}
-    clean = {k: float(v) for k, v in metrics.items()
-             if k not in texts and v is not None and np.isfinite(float(v))}
+    # non-finite values are kept (JSON NaN/Infinity): a diverging run must show, not vanish from the record
+    clean = {k: float(v) for k, v in metrics.items() if k not in texts and v is not None}
     self._record({"step": int(step), "kind": prefix, "time": time.time(), **clean})
     if self._tb is not None:
       for k, v in clean.items():
