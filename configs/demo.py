@@ -11,6 +11,8 @@ from xlm_jax.config_base import base_config
 
 
 def get_config(arg: str | None = None):
+  if arg not in (None, "", "demo", "pretrain", "nmt"):
+    raise ValueError(f"unknown variant {arg!r}; choose demo, pretrain or nmt")
   c = base_config()
   c.task = "demo" if arg in (None, "", "demo") else arg
   c.data.corpus = "generated"

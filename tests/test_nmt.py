@@ -146,5 +146,5 @@ def test_lengths_beyond_the_position_table_are_refused(bundle, tmp_path, field):
 
 def test_batch_not_divisible_into_micro_batches_is_refused(bundle, tmp_path):
   """Defect 5: the divisibility check pretraining has (devices x accumulate_gradients)."""
-  with pytest.raises(UserError, match="batch_size=8 must be a multiple of 3"):
+  with pytest.raises(UserError, match="batch_size=8 is not divisible by 3"):
     initial_params(nmt_config(bundle, **{"train.accumulate_gradients": 3}), str(tmp_path / "w"))

@@ -47,7 +47,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(str(e))
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # the config file raised: keep its last line, not the trace
+      head = text.split(":", 2)[:2]
+      last = [line for line in text.strip().splitlines() if line.strip()][-1]
+      fail(f"{':'.join(head)}: {last.split(': ', 1)[-1]}")
+    fail(text)
   except (AttributeError, KeyError) as e:
     bad = [a for a in argv if a.startswith("--config.")]
     detail = str(e.args[0] if e.args else e).strip("'\"").replace("\\n", " ").replace("\n", " ")
@@ -64,6 +69,18 @@ def enable_compilation_cache(directory: str) -> None:
   import jax
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def check_workdir(workdir: str) -> None:
+  """Fail in one sentence when `workdir` cannot be a writable directory (checked without creating anything)."""
+  path = workdir
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    fail(f"--workdir={workdir} cannot be a directory: {path} is a file; choose another --workdir.")
+  if not os.access(path, os.W_OK | os.X_OK):
+    fail(f"--workdir={workdir} is not writable ({path} denies writing); choose another --workdir or fix the "
+         "permissions.")
 
 
 def quiet_logging() -> None:
@@ -86,6 +103,7 @@ def run_task(config, workdir: str | None, print_config: bool = False) -> int:
   if not workdir:
     fail("--workdir is required.")
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  check_workdir(workdir)
   try:
     enable_compilation_cache(config.compilation_cache_dir)
     from xlm_jax import parallel
@@ -129,7 +147,13 @@ def train_main(argv: Sequence[str]) -> int:
   define_train_flags()
 
   def run(_):
-    if flags.FLAGS.config is None:
+    try:
+      config = flags.FLAGS.config
+      config is None or config.task  # a config file that failed to load raises on first use
+    except OSError as e:  # a config path that does not exist or does not import
+      reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
+      fail(f"--config: {reason}; pass a file of configs/, e.g. --config=configs/demo.py.")
+    if config is None:
       fail("--config is required, e.g. --config=configs/demo.py.")
     sys.exit(run_task(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.print_config))
 

@@ -142,6 +142,18 @@ def parse_list(text: str) -> list[str]:
   return [s.strip() for s in str(text).split(",") if s.strip()]
 
 
+def parse_languages(text: str, field: str = "config.data.languages") -> list[str]:
+  """The sorted language codes of a comma-separated list; a code named twice is a `UserError` (the language ids
+  are indices into this list, so a duplicate would shift every id after it)."""
+  from xlm_jax.errors import UserError
+  codes = parse_list(text)
+  twice = sorted({c for c in codes if codes.count(c) > 1})
+  if twice:
+    raise UserError(f"{field}={text!r} names {', '.join(repr(c) for c in twice)} more than once; list each language "
+                    "once.")
+  return sorted(codes)
+
+
 def override(config, values: dict) -> None:
   """Set dotted fields in place: override(c, {"train.steps": 10, "model.emb_dim": 64}). Unknown fields fail
   (the config is locked), as they do on the command line."""

@@ -142,8 +142,8 @@ def make_train_step(loss: Loss, tx: optax.GradientTransformation, schedule, accu
   micro-batch gradients are exactly the full-batch gradient (Flax wmt's weighted cross-entropy; MaxText divides
   by the total weight the same way).
 
-  The update is dropped (params and optimizer state unchanged, the step counter still advances) when the loss or
-  the gradient is not finite, or when every objective of the batch weighs 0 at this step. The metrics say which:
+  The update is dropped (params and optimizer state unchanged, the step counter still advances) when the loss, the
+  gradient or the update is not finite, or when every objective of the batch weighs 0 at this step. The metrics say which:
   `skipped_nonfinite` and `skipped_zero_weight` are 1.0 on such a step.
 
   `stop` (optional, int [rows] sharded like the batch): each process's stop request; `metrics["stop"]` is their
@@ -179,11 +179,12 @@ def make_train_step(loss: Loss, tx: optax.GradientTransformation, schedule, accu
       (grads, sums, value), _ = jax.lax.scan(body, (zeros(state.params), zeros(s_shape), jnp.zeros(())),
                                              (micro, jnp.arange(accumulate)))
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    active = loss.active(batch, state.step)
-    apply = finite & active
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # the update too: a finite gradient can still give a non-finite update (a NaN learning rate, an overflow)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+    active = loss.active(batch, state.step)
+    apply = finite & active
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
     metrics = {"objectives": sums, "loss": value, "grad_norm": grad_norm, "lr": schedule(state.step),
                "skipped_nonfinite": 1.0 - finite.astype(jnp.float32),
@@ -320,8 +321,9 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
       values = _account(pending, window, writer, config, peak_total, final=final)
       if values["skipped_nonfinite"]:
         bad_step, local = pending[0], pending[4]
-        bad = [k for k, v in sorted(values["objectives"].items()) if not math.isfinite(v.loss)] or ["the gradient"]
-        where = (f"step {bad_step}: non-finite loss or gradient (objective {', '.join(bad)}; batch checksum "
+        bad = [k for k, v in sorted(values["objectives"].items()) if not math.isfinite(v.loss)]
+        bad = f"objective {', '.join(bad)}" if bad else "losses finite; the gradient or the update is not"
+        where = (f"step {bad_step}: non-finite loss, gradient or update ({bad}; batch checksum "
                  f"{batch_checksum(local)}; grad_norm {values['grad_norm']})")
         if config.train.nonfinite == "stop":
           raise NonFiniteError(f"{where}; stopped (config.train.nonfinite='stop'). The update was not applied and no "

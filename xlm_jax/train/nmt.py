@@ -28,7 +28,7 @@ import numpy as np
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import decode as decode_lib
 from xlm_jax import parallel
-from xlm_jax.config_base import parse_list
+from xlm_jax.config_base import parse_languages
 from xlm_jax.data.noise import NoiseConfig
 from xlm_jax.data.mixture import BuiltIn, Entry, Mixture, StepSpec, objectives, parse_nmt_steps
 from xlm_jax.data.rows import BtRows, PairIndex, TranslationRows
@@ -228,10 +228,7 @@ def check_shapes(config, enc_cfg: TransformerConfig, dec_cfg: TransformerConfig,
     if value > table:
       raise UserError(f"config.nmt.{field}={value} exceeds the model's max_positions={table} (its position "
                       f"table); lower config.nmt.{field} to at most {table}.")
-  divisor = parallel.batch_divisor(mesh) * int(config.train.accumulate_gradients)
-  if config.data.batch_size % divisor:
-    raise UserError(f"config.data.batch_size={config.data.batch_size} must be a multiple of {divisor} (devices on "
-                    "the data and fsdp mesh axes times accumulate_gradients).")
+  parallel.check_batch(int(config.data.batch_size), mesh, int(config.train.accumulate_gradients))
 
 
 def make_batches(config, specs: list[StepSpec], para: dict, mono: dict, lang2id: dict, tokenizer
@@ -283,7 +280,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   if enc_meta is not None and dec_meta is not None:
     check_bundles_agree(enc_meta, dec_meta)
   meta = enc_meta or dec_meta
-  languages = list(meta["languages"]) if meta else sorted(parse_list(config.data.languages))
+  languages = list(meta["languages"]) if meta else parse_languages(config.data.languages)
   for spec in specs:
     for lang in spec.langs:
       if lang not in languages:

@@ -16,7 +16,7 @@ import numpy as np
 
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import parallel
-from xlm_jax.config_base import parse_list
+from xlm_jax.config_base import parse_languages
 from xlm_jax.data import sources as sources_lib
 from xlm_jax.data.masking import MaskingConfig, frequency_scores
 from xlm_jax.data.mixture import Entry, Mixture, NextTokenTargets, StepSpec, mlm_targets, objectives, parse_steps
@@ -144,7 +144,13 @@ def get_tokenizer(config, workdir: str, corpus, languages: list[str], meta: Mapp
     def train_or_read() -> Tokenizer:
       if os.path.exists(path):
         with open(path) as f:
-          return tokenizer_from_state(json.load(f))
+          found = tokenizer_from_state(json.load(f))
+        langs = sorted(getattr(found, "languages", ()) or ())
+        if found.vocab_size != config.data.vocab_size or langs != sorted(languages):
+          raise UserError(f"{path} is another run's tokenizer (vocab_size {found.vocab_size}, languages {langs}); "
+                          f"this config asks for vocab_size {config.data.vocab_size}, languages {sorted(languages)}: "
+                          "delete that file (a new one is trained) or use another --workdir.")
+        return found
       texts = {lang: line_window(corpus.mono("train", lang), windows.get(lang)) for lang in languages}
       trained = train_sentencepiece(texts, config.data.vocab_size, alpha=config.data.tokenizer_alpha,
                                     n_sentences=config.data.tokenizer_sentences, seed=config.seed)
@@ -313,7 +319,7 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
 
   `corpus` replaces the sources named by `config.data.corpus` (tests pass TFDS sources opened under
   `tfds.testing.mock_data`)."""
-  languages = sorted(parse_list(config.data.languages))
+  languages = parse_languages(config.data.languages)
   if not languages:
     raise UserError("config.data.languages is empty; name at least one language, e.g. 'en,fr'.")
   specs: list[StepSpec] = parse_steps(config.data.mlm_steps, "mlm") + parse_steps(config.data.clm_steps, "clm")
