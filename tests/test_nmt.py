@@ -148,3 +148,20 @@ def test_batch_not_divisible_into_micro_batches_is_refused(bundle, tmp_path):
   """Defect 5: the divisibility check pretraining has (devices x accumulate_gradients)."""
   with pytest.raises(UserError, match="batch_size=8 is not divisible by 3"):
     initial_params(nmt_config(bundle, **{"train.accumulate_gradients": 3}), str(tmp_path / "w"))
+
+
+def test_nmt_resume_continues_like_an_uninterrupted_run(bundle, tmp_path):
+  """MT + denoising (with noise) + dropout: 2 steps, then the same command to 4, equals 4 straight steps (Adam
+  moments, the step key and the data position are restored)."""
+  import jax
+  from xlm_jax.train import nmt
+  config = lambda steps: nmt_config(bundle, **{"train.steps": steps, "checkpoint.every": 2, "nmt.bleu_sentences": 2,
+                                               "nmt.ae_steps": "xa", "nmt.word_shuffle": 3.0,
+                                               "nmt.word_dropout": 0.1, "nmt.word_blank": 0.1})
+  straight = nmt.run(config(4), str(tmp_path / "straight")).state
+  nmt.run(config(2), str(tmp_path / "resumed"))
+  resumed = nmt.run(config(4), str(tmp_path / "resumed")).state
+  assert int(straight.step) == int(resumed.step) == 4
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                                       straight.params, resumed.params))
+  assert max(diffs) <= 1e-6
