@@ -346,14 +346,15 @@ def test_extra_languages_and_pairs(tmp_path):
 # Default corpus: speed, sizes, learnability for translation
 
 
-def test_default_corpus_sizes_and_speed(default_corpus):
-  info, seconds = default_corpus
-  assert seconds < 30, f"default generation took {seconds:.1f} s"
+def test_default_corpus_sizes_and_reuse(default_corpus):
+  """Sizes, and a second call reuses the files (no wall-clock bound: the CPU is shared; the generation time is
+  reported by benchmarks/quickstart_demo.py, not asserted)."""
+  info, _ = default_corpus
   assert info.line_counts["train.xa"] == 20000 and info.line_counts["train.xb-xc.xc"] == 10000
   assert info.line_counts["valid.xc"] == info.line_counts["test.xa-xc.xa"] == 500
-  start = time.perf_counter()
+  before = {p.name: p.stat().st_mtime_ns for p in info.out_dir.iterdir()}
   assert S.generate_corpus(info.out_dir).reused
-  assert time.perf_counter() - start < 1.0
+  assert {p.name: p.stat().st_mtime_ns for p in info.out_dir.iterdir()} == before
 
 
 def test_translation_is_learnable(default_corpus):
