@@ -151,6 +151,18 @@ def test_bfloat16_gradients_are_float32_and_close_to_float32_gradients(params):
   assert dots and not upcast, upcast[:2]  # plain autodiff would run the backward dots on float32 operands
 
 
+def test_dropout_keeps_one_minus_rate_scaled_and_is_a_function_of_the_key():
+  from xlm_jax.model.layers import Dropout
+  x = jnp.ones((4, 64, 255))  # an odd last axis: two draws per 32-bit word, one left over
+  drop = lambda key, **kw: Dropout(0.1).apply({}, x, deterministic=False, rngs={"dropout": key}, **kw)
+  y = np.asarray(drop(jax.random.key(0)))
+  np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.9], rtol=1e-6)
+  assert abs(float(np.mean(y > 0)) - 0.9) < 0.005  # 65k draws: 5 standard deviations is 0.006
+  np.testing.assert_array_equal(y, np.asarray(drop(jax.random.key(0))))
+  assert not np.array_equal(y, np.asarray(drop(jax.random.key(1))))
+  assert np.array_equal(np.asarray(Dropout(0.1).apply({}, x, deterministic=True)), np.asarray(x))
+
+
 def test_sinusoidal_table_matches_formula_and_is_not_a_parameter():
   table = np.asarray(sinusoidal_table(10, 6))
   pos, j = 7, 3

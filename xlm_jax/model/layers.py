@@ -138,6 +138,33 @@ class Linear(nn.Module):
     return y
 
 
+class Dropout(nn.Module):
+  """Inverted dropout (zero with probability `rate`, scale the rest by 1/(1-rate)), drawing 16 bits per element.
+
+  Same contract as `flax.linen.Dropout` (an rng named 'dropout', `deterministic` at call time), cheaper on CPU:
+  `jax.random.bernoulli` draws a 32-bit word per element and, with the default partitionable threefry, costs
+  about 4x more there; here one 32-bit threefry word yields two 16-bit draws (split along the last axis, so the
+  leading axes keep their sharding). The keep probability is round((1-rate) * 2**16) / 2**16, within 2**-17 of
+  1-rate. The masks are a pure function of the key, as with flax's; they are not flax's masks.
+  """
+
+  rate: float
+  rng_collection: str = "dropout"
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    keep = 1.0 - self.rate
+    last = x.shape[-1]
+    words = jax.random.bits(self.make_rng(self.rng_collection), x.shape[:-1] + ((last + 1) // 2,), jnp.uint32)
+    draws = lax.bitcast_convert_type(words, jnp.uint16).reshape(x.shape[:-1] + (2 * ((last + 1) // 2),))
+    threshold = min(round(keep * 65536), 65535)
+    return jnp.where(draws[..., :last] < jnp.uint16(threshold), x / keep, jnp.zeros((), x.dtype))
+
+
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis in float32, eps 1e-12 by default (Flax's own default, 1e-6, is not XLM's)."""
 
@@ -222,7 +249,7 @@ class MultiHeadAttention(nn.Module):
     self.out_lin = Linear((self.dim,), ("heads", "kv", "embed"), n_contract=2, dtype=self.dtype)
     # Named as Linen's compact naming would: dropout keys are derived from the module path, so this keeps the
     # attention-dropout masks of a given PRNG key unchanged.
-    self.Dropout_0 = nn.Dropout(self.attention_dropout)
+    self.Dropout_0 = Dropout(self.attention_dropout)
 
   def queries(self, x: jnp.ndarray) -> jnp.ndarray:
     """[B, Q, H, Dh] float32, already divided by sqrt(head_dim)."""

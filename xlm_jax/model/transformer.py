@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from xlm_jax.model.config import TransformerConfig
-from xlm_jax.model.layers import (Embedding, FeedForward, LayerNorm, MultiHeadAttention, attention_mask,
+from xlm_jax.model.layers import (Dropout, Embedding, FeedForward, LayerNorm, MultiHeadAttention, attention_mask,
                                   sinusoidal_table, torch_linear_init)
 
 ACTIVATION_AXES = ("batch", "length", "embed")
@@ -56,7 +56,7 @@ class TransformerBlock(nn.Module):
     cfg = self.cfg
     attention = lambda: MultiHeadAttention(cfg.n_heads, cfg.compute_dtype, cfg.attention_dropout, dim=cfg.emb_dim)
     # Named as Linen's compact naming would: dropout keys derive from the module path (masks stay unchanged).
-    self.Dropout_0 = nn.Dropout(cfg.dropout)
+    self.Dropout_0 = Dropout(cfg.dropout)
     self.attention = attention()
     self.layer_norm1 = LayerNorm(cfg.layer_norm_eps)
     if cfg.is_decoder:
@@ -166,7 +166,7 @@ class Transformer(nn.Module):
       self.layers = [_remat(TransformerBlock, cfg.remat)(cfg) for _ in range(cfg.n_layers)]
     self.pred_bias = self.param("pred_bias", nn.with_logical_partitioning(torch_linear_init(cfg.emb_dim), ("vocab",)),
                                 (cfg.vocab_size,))
-    self.dropout = nn.Dropout(cfg.dropout)
+    self.dropout = Dropout(cfg.dropout)
 
   def embed(self, tokens, positions, langs):
     cfg = self.cfg

@@ -1,0 +1,72 @@
+"""What every side-by-side benchmark records: the machine, the code, the command, and the measured matmul peak.
+
+Imported by benchmarks/train_step.py, equal_loss.py, epoch.py and gpu_benchmarks.py (run as scripts from the
+repository root; this directory is not a package).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cpu_info() -> dict:
+  """CPU model and the flags that decide bf16 speed (AVX-512 BF16 / AMX); empty strings off Linux."""
+  model, flags = "", ""
+  if os.path.exists("/proc/cpuinfo"):
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name") and not model:
+        model = line.split(":", 1)[1].strip()
+      elif line.startswith("flags") and not flags:
+        flags = line.split(":", 1)[1]
+  names = flags.split()
+  return {"model": model or platform.processor(), "cpus": os.cpu_count(),
+          "avx512f": "avx512f" in names, "avx512_bf16": "avx512_bf16" in names,
+          "amx_bf16": "amx_bf16" in names}
+
+
+def git_commit() -> str:
+  """HEAD of the repository, with '+dirty' when tracked files differ from it (figures of uncommitted code)."""
+  try:
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def versions() -> dict:
+  out = {"python": platform.python_version(), "jax": jax.__version__}
+  for name in ("jaxlib", "flax", "optax", "torch", "transformers"):
+    try:
+      out[name] = __import__(name).__version__
+    except ImportError:
+      pass
+  return out
+
+
+def provenance() -> dict:
+  """command, git commit, date, machine and versions: the fields docs/benchmarks.md prints under each table."""
+  device = jax.devices()[0]
+  return {"command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+          "git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+          "machine": {"cpu": cpu_info(), "platform": platform.platform(), "jax_backend": jax.default_backend(),
+                      "device": f"{jax.device_count()} x {device.device_kind}"},
+          "versions": versions(), "load_average_start": list(os.getloadavg())}
+
+
+def write_json(path: str, result: dict) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+    f.write("\n")
+  print(f"wrote {path}")

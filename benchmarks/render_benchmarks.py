@@ -1,0 +1,160 @@
+"""Render docs/benchmarks.md from the JSON files the issue-13 benchmarks wrote (never type a figure by hand).
+
+  python benchmarks/render_benchmarks.py            # rewrites docs/benchmarks.md
+
+Reads benchmarks/results/train_step_cpu_{a,b,c}.json (benchmarks/train_step.py), equal_loss_cpu.json
+(benchmarks/equal_loss.py), epoch_cpu.json (benchmarks/epoch.py), gpu_step*.json (benchmarks/gpu_benchmarks.py)
+and the last recorded GPU decoding run (decode_h100.json). Every section prints the command, git commit, date,
+machine and versions stored in its JSON; a missing JSON is reported as not measured.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from report import ROOT, each_result, load, table  # noqa: E402
+
+OUT = os.path.join(ROOT, "docs", "benchmarks.md")
+
+
+def machine_line(d: dict) -> str:
+  m, v = d.get("machine", {}), d.get("versions", {})
+  cpu = m.get("cpu", {})
+  flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if cpu.get(f)) or "no AVX-512"
+  versions = ", ".join(f"{k} {v[k]}" for k in ("jax", "flax", "torch", "transformers") if k in v)
+  return f"{cpu.get('model', '?')}, {cpu.get('cpus', '?')} cpus ({flags}); {m.get('device', '')}; {versions}"
+
+
+def provenance(d: dict) -> list[str]:
+  return [f"Command: `{d['command']}`  ", f"Commit {d.get('git_commit', '?')}, {d.get('date_utc', '?')}, load "
+          f"average at start {', '.join(f'{x:.2f}' for x in d.get('load_average_start', []))}  ",
+          f"Machine: {machine_line(d)}", ""]
+
+
+def section_steps(lines: list[str]) -> None:
+  lines += ["## Train step beside transformers (CPU)", "",
+            "Same initial weights (ours converted into `XLMWithLMHeadModel` with `xlm_jax.interop`), same batches "
+            "and masked positions, settings alternating in one run, medians (min-max) of the timed rounds in ms per "
+            "step. Ratio: our faster setting against the faster transformers setting of the same run. MFU: our model "
+            "FLOPs (vocabulary projection only at the predicted positions) per second over the bf16 (float32-"
+            "accumulate) 2048^3 matmul peak measured in the same run.", ""]
+  rows, found = [], []
+  for size in "abc":
+    d = load(f"train_step_cpu_{size}.json")
+    if not d:
+      rows.append([f"({size})", "not measured", "", "", "", "", "", "", ""])
+      continue
+    found.append(d)
+    s, x = d["settings"], d.get("summary", {})
+    cell = lambda k: (f"{s[k]['median_ms']:,.0f} ({s[k]['min_ms']:,.0f}-{s[k]['max_ms']:,.0f})" if k in s else "-")
+    m = d["model"]
+    rows.append([f"({size}) d={m['emb_dim']}, {m['n_layers']} layers", cell("torch-fp32"), cell("torch-bf16"),
+                 cell("ours-f32"), cell("ours-bf16"),
+                 f"**{x['ratio']:.2f}x** vs {x['torch_setting']} (target {d['target_ratio']}x: "
+                 f"{'met' if x['meets_ratio_target'] else 'NOT met'})" if x else "-",
+                 f"{100 * x['mfu']:.0f}%" + (f" (target 60%: {'met' if x['meets_mfu_target'] else 'NOT met'})"
+                                             if "meets_mfu_target" in x else "") if x else "-",
+                 f"{d['peak_bf16_gflops']['median']:.0f}",
+                 " / ".join(f"{s[k]['gflops_per_s']:.0f}" for k in ("torch-bf16", "ours-bf16") if k in s)])
+  lines += table(["size", "transformers fp32", "transformers bf16 autocast", "xlm_jax f32", "xlm_jax bf16",
+                  "xlm_jax / faster transformers", "MFU (ours)", "bf16 peak GFLOP/s", "GFLOP/s torch-bf16 / ours-bf16"],
+                 rows) + [""]
+  for d in found:
+    x = d.get("summary")
+    if x:
+      lines.append(f"`case={d['size']} ours_ms={x['ours_ms']:.0f} torch_ms={x['torch_ms']:.0f} "
+                   f"torch_setting={x['torch_setting']} ratio={x['ratio']:.2f} mfu={x['mfu']:.2f}`  ")
+  lines.append("")
+  for d in found:
+    lines += [f"Size ({d['size']}): {d['reps']} timed rounds after {d['warmup']} warm-up, {d['steps_per_rep']} step(s) "
+              f"per setting per round; model FLOPs per step ours {d['settings'].get('ours-bf16', d['settings'].get('ours-f32', {})).get('model_gflop_per_step', 0):.1f} "
+              f"GFLOP, transformers {d['settings'].get('torch-bf16', d['settings'].get('torch-fp32', {})).get('model_gflop_per_step', 0):.1f} GFLOP.  "]
+    lines += provenance(d)
+
+
+def section_equal_loss(lines: list[str]) -> None:
+  d = load("equal_loss_cpu.json")
+  lines += ["## Equal loss behaviour", ""]
+  if not d:
+    lines += ["Not measured yet (`benchmarks/equal_loss.py`).", ""]
+    return
+  lines += [f"{d['steps']} steps from the same weights on the same Multi30k batches ({d['rows']} rows, en / fr / "
+            f"en-fr taking turns), dropout 0, Adam lr {d['lr']}; model {d['variant']} (d={d['model']['emb_dim']}, "
+            f"{d['model']['n_layers']} layers, V={d['model']['vocab']}).", ""]
+  rows = [[name, f"{v[0]:.4f}", f"{v[-1]:.4f}", f"{d['max_abs_diff_to_torch_fp32'].get(name, 0.0):.4f}"]
+          for name, v in d["losses"].items()]
+  lines += table(["run", "loss at step 1", f"loss at step {d['steps']}", "max abs difference to transformers fp32"],
+                 rows) + [""]
+  lines += [f"Verdict: ours-f32 {'agrees' if d['passed']['ours-f32'] else 'DIFFERS'} (within 1e-2); ours-bf16 "
+            f"{'agrees within bf16 noise' if d['passed']['ours-bf16'] else 'DIFFERS beyond bf16 noise'} (at most twice "
+            "transformers' own bf16-autocast deviation plus 0.02).", ""]
+  if d.get("plot"):
+    lines += [f"![losses]({os.path.relpath(os.path.join(ROOT, d['plot']), os.path.join(ROOT, 'docs'))})", ""]
+  lines += provenance(d)
+
+
+def section_epoch(lines: list[str]) -> None:
+  d = load("epoch_cpu.json")
+  lines += ["## One budget of MLM+TLM target tokens on Multi30k en-fr", ""]
+  if not d:
+    lines += ["Not measured yet (`benchmarks/epoch.py`).", ""]
+    return
+  o, t, m = d["ours"], d["transformers"], d["model"]
+  lines += [f"Model {d['variant']} (d={m['emb_dim']}, {m['n_layers']} layers, V={m['vocab']}, dropout {m['dropout']}); "
+            f"each side trains on {d['budget_targets']:,} predicted tokens (15% of real tokens).", ""]
+  lines += table(["", "seconds", "target tokens", "updates", "target tokens/s", "real-token share of the batches"], [
+      [f"xlm_jax ({m['dtype']}, packed {o['batch_rows']}x{o['row_length']} rows, objectives {'+'.join(o['objectives'])})",
+       f"{o['seconds']:.1f}", o["targets"], o["steps"], f"{o['targets_per_s']:.0f}", f"{o['non_pad_share']:.1%}"],
+      [f"transformers ({t['setting']}, padded to the longest row, rows per batch "
+       f"{', '.join(f'{k} {v}' for k, v in t['rows_per_batch'].items())})", f"{t['seconds']:.1f}", t["targets"],
+       t["steps"], f"{t['targets_per_s']:.0f}",
+       ", ".join(f"{k} {v:.1%}" for k, v in t["non_pad_share_by_stream"].items())]]) + [""]
+  lines += [f"Ratio **{d['ratio']:.2f}x** (target {d['target_ratio']}x: {'met' if d['meets_target'] else 'NOT met'}); "
+            f"our one compilation ({o['compile_s']:.1f} s) is not in the time.", ""]
+  lines += provenance(d)
+
+
+def section_gpu(lines: list[str]) -> None:
+  lines += ["## GPU", ""]
+  runs = each_result("gpu_step*.json")
+  if not runs:
+    lines += ["No GPU has been lent to a session since `benchmarks/gpu_benchmarks.py` was written, so the train-step "
+              "MFU of `xlm_mlm_tlm_xnli15_1024` on a GPU is not measured yet; run "
+              "`python benchmarks/gpu_benchmarks.py --out benchmarks/results/gpu_step.json --xlm-repo PATH "
+              "--decode-out benchmarks/results/decode_gpu.json` on one and re-render.", ""]
+  for name, d in runs:
+    vendor = f"{100 * d['mfu_vs_vendor']:.1f}% of the vendor dense bf16 peak ({d['vendor_bf16_peak_tflops']:.0f} " \
+             f"TFLOP/s)" if d.get("mfu_vs_vendor") else "no vendor peak known"
+    lines += [f"`{name}` ({d['device_kind']}, batch {d['batch']['rows']}x{d['batch']['length']}): ours "
+              f"{d['settings']['ours-bf16']['median_ms']:.1f} ms/step; MFU {vendor}; "
+              f"{100 * d['mfu_vs_measured']:.1f}% of the measured bf16 matmul peak "
+              f"({d['measured_bf16_peak_tflops']:.0f} TFLOP/s)."] + provenance(d)
+  d = load("decode_h100.json")
+  if d:
+    beam4 = [r for r in d["rows"] if r.get("beam") == 4 and r.get("implementation") == "xlm_jax"]
+    best = max(beam4, key=lambda r: r.get("vs_xlm_same_run") or 0) if beam4 else None
+    if best:
+      lines += [f"Last recorded GPU decoding run (`benchmarks/results/decode_h100.json`, "
+                f"jax {d['machine'].get('jax')}, not our pinned version): beam-4 decoding "
+                f"{best['sentences_per_s']:,.0f} sentences/s, **{best['vs_xlm_same_run']:.1f}x** the original XLM "
+                f"code in the same run ({best['dtype']}).", ""]
+
+
+def main() -> None:
+  lines = ["# Benchmarks: xlm_jax beside transformers' XLM", "",
+           "Generated by `python benchmarks/render_benchmarks.py` from the JSON files in `benchmarks/results/`; do not "
+           "edit by hand. Ratios are only meaningful inside one run on one machine (separate runs differ by about "
+           "±7%; on CPUs without AVX-512 BF16, bf16 is emulated for both frameworks).", ""]
+  section_steps(lines)
+  section_equal_loss(lines)
+  section_epoch(lines)
+  section_gpu(lines)
+  with open(OUT, "w") as f:
+    f.write("\n".join(lines).rstrip() + "\n")
+  print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+  main()
