@@ -1,6 +1,6 @@
 """Wall time for one budget of MLM+TLM target tokens on Multi30k en-fr: ours (packed) against transformers (padded).
 
-  python benchmarks/epoch.py --out benchmarks/results/epoch_cpu.json          # ~5 minutes on 2 cores
+  python benchmarks/epoch.py --out benchmarks/results/epoch_cpu.json          # ~4 minutes on 2 cores
   python benchmarks/epoch.py --budget 20000 --variant tiny                    # quicker look
 
 Both sides train the same model (configs/multi30k.py:<variant> restricted to en, fr; MLM on en and fr + TLM on
@@ -13,7 +13,8 @@ until each has trained on `--budget` predicted (target) tokens; 15% of real toke
   `</s> en </s></s> fr </s>` with positions restarting and per-token language ids (TLM) per row, rows in random
   order, padded to the longest row of the batch; objectives take turns (en, fr, en-fr), one update per batch,
   Adam; the faster of fp32 / bf16 autocast on this machine (a short probe of both decides). Rows per batch are set
-  so that a batch holds about as many real tokens as one of our steps.
+  so that a batch holds about as many real tokens as one objective of one of our steps (`--torch-rows` fixes it
+  instead); random batches of many rows padded to their longest row are mostly padding, which is the point.
 The budget is spent in two alternating halves (ours, transformers, ours, transformers) so machine noise hits both.
 Timed: building the batches from token ids (tokenising is done beforehand for both) plus the steps; our
 compilation is reported separately and not timed (it happens once per run, whatever its length).
@@ -152,7 +153,9 @@ def run_torch(runner, rows: PaddedRows, rows_per_batch: dict, masking, budget: i
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variant", default="small", help="configs/multi30k.py variant (model size, vocabulary, batch)")
-  p.add_argument("--budget", type=int, default=60000, help="target (predicted) tokens each side trains on")
+  p.add_argument("--budget", type=int, default=30000, help="target (predicted) tokens each side trains on")
+  p.add_argument("--torch-rows", type=int, default=0,
+                 help="rows per transformers batch (default: as many real tokens per batch as one of our objectives)")
   p.add_argument("--workdir", default="/tmp/xlm_jax_epoch", help="tokenizer and prepared data (reused)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
@@ -179,7 +182,8 @@ def main(argv=None):
   rows = PaddedRows(read_pairs(config.data.corpus), tok, context["lang2id"], config.data.bptt, args.seed)
   # one of our steps holds `ours_real` real tokens over its objectives; a transformers batch of one objective
   # gets about as many
-  rows_per_batch = {k: max(1, round(ours_real / len(first) / rows.mean_length(k))) for k in rows.streams}
+  rows_per_batch = {k: args.torch_rows or max(1, round(ours_real / len(first) / rows.mean_length(k)))
+                    for k in rows.streams}
   model = train_step.torch_model(cfg.replace(dtype="float32"), params)
   probe = {}
   for bf16 in (False, True):
