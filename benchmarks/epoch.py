@@ -226,6 +226,7 @@ def main(argv=None):
   print(f"  transformers ({torch_setting}, padded, real share {fill}): {theirs['seconds']:.1f} s, "
         f"{theirs['targets_per_s']:.0f} targets/s ({theirs['steps']} batches)")
   print(f"epoch ratio={ratio:.2f} (target {TARGET})")
+  result["load_average_end"] = list(os.getloadavg())
   if args.out:
     bench_common.write_json(args.out, result)
   return result

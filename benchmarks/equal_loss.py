@@ -110,6 +110,7 @@ def main(argv=None):
         f"{'within bf16 noise' if passed['ours-bf16'] else 'DIFFERS beyond bf16 noise'}")
   if args.plot:
     plot(result, args.plot)
+  result["load_average_end"] = list(os.getloadavg())
   if args.out:
     bench_common.write_json(args.out, result)
   return result

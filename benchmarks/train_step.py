@@ -262,6 +262,7 @@ def main(argv=None):
     x = result["summary"]
     print(f"case={args.size} ours_ms={x['ours_ms']:.0f} torch_ms={x['torch_ms']:.0f} torch_setting={x['torch_setting']} "
           f"ratio={x['ratio']:.2f} mfu={x['mfu']:.2f}")
+  result["load_average_end"] = list(os.getloadavg())
   if args.out:
     bench_common.write_json(args.out, result)
   return result
