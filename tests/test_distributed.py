@@ -94,3 +94,42 @@ def test_elastic_resume_on_another_mesh(runs):
   rel = max_relative(a, c, range(11, 21))
   print("resumed 1x2 (fsdp) after 2x2 vs uninterrupted 1x4, max relative loss difference, steps 11-20:", rel)
   assert rel <= 1e-5
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """SIGTERM reaches process 1 only: its flag travels through the next jitted step, so process 0 stops at the same
+  step (a checkpoint is a collective: disagreeing processes would hang or fail), both save and exit 0."""
+  import signal
+  import time
+  workdir = tmp_path / "stopped"
+  env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": ROOT}
+  launcher = subprocess.Popen(["bash", LAUNCHER, "--logdir", str(tmp_path / "logs"), "2", "1",
+                               f"--config={ROOT}/configs/demo.py", f"--workdir={workdir}",
+                               *config_flags_for({**FLAGS, "train.steps": 100000, "checkpoint.every": 5,
+                                                  "log.every": 5, "log.batch_checksums": False})],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 600
+  while not (workdir / "checkpoints" / "5").exists():
+    assert launcher.poll() is None and time.time() < deadline
+    time.sleep(0.1)
+  pids = [p for p in os.listdir("/proc") if p.isdigit()]
+  target = []
+  for pid in pids:
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        args = f.read().split(b"\0")
+    except OSError:
+      continue
+    if f"--workdir={workdir}".encode() in args and b"--config.distributed.process_id=1" in args and \
+        any(a.endswith(b"main.py") for a in args):
+      target.append(int(pid))
+  assert len(target) == 1, target
+  os.kill(target[0], signal.SIGTERM)
+  _, err = launcher.communicate(timeout=600)
+  log0 = (tmp_path / "logs" / "process0.log").read_text()
+  assert launcher.returncode == 0, err.decode()[-2000:] + log0[-2000:]
+  assert "stop requested (by another process or a preemption notice) at step " in log0, log0[-2000:]
+  stopped = int(log0.split("stop requested (by another process or a preemption notice) at step ")[1].split(":")[0])
+  assert f"saved step {stopped} to " in log0
+  import xlm_jax
+  assert xlm_jax.load(str(workdir)).meta["step"] == stopped
