@@ -88,7 +88,31 @@ def test_training_bleu_translation_and_bundle(bundle, tmp_path):
   assert cli.returncode == 0, cli.stderr.decode()[-2000:]
   got = cli.stdout.decode().split("\n")
   assert len(got) == 6 and got[-1] == "" and got[1] == "" and got[2] == ""
-  assert got[0] == out[0]  # the same decode path as Bundle.translate (beam 2)
+  assert [got[0], got[3], got[4]] == b.translate([lines.split("\n")[i] for i in (0, 3, 4)], src="xa", tgt="xb", beam=2)
+
+  # an independent check of the decode path itself: greedy decoding (KV cache, one token at a time) agrees with the
+  # training forward (the whole target at once, no cache): teacher-forcing its own output, the full-sequence model
+  # picks the same next token at every position. `block_eos` makes every sentence run to its length cap (a word at
+  # each position, so the check is never vacuous); pad and `</s>` are excluded there, the final forced `</s>` is not
+  # checked.
+  from xlm_jax import decode as decode_lib
+  from xlm_jax.model import EncoderDecoder
+  src = b.encode(["Bogu rin delans wogi.", "Ka delan daluta lanpun?"], lang="xa")
+  xa, xb = b.languages.index("xa"), b.languages.index("xb")
+  tok = b.tokenizer
+  greedy = decode_lib.generate(b.params, b.model_config, b.decoder_config, src, np.full(len(src), xa),
+                               np.full(len(src), xb), eos_id=tok.eos_id, pad_id=tok.pad_id, beam_size=1,
+                               block_eos=True)
+  model = EncoderDecoder(b.model_config, b.decoder_config)
+  for i in range(len(src)):
+    n = int(greedy.lengths[i])
+    y = np.asarray(greedy.tokens[i, :n])[None]
+    s_row = src[i:i + 1]
+    logits = np.array(model.apply({"params": b.params}, s_row, None, np.full(s_row.shape, xa),
+                                   (s_row != tok.pad_id).astype(np.int32), y, None, np.full(y.shape, xb),
+                                   np.ones(y.shape, np.int32)))
+    logits[..., [tok.pad_id, tok.eos_id]] = -np.inf
+    assert n >= 4 and list(np.argmax(logits[0, :n - 2], -1)) == list(y[0, 1:n - 1]), i
 
   bad = subprocess.run([sys.executable, "-m", "xlm_jax.translate", "--checkpoint", str(workdir), "--src", "xa",
                         "--tgt", "xb"], input=b"ok line\n\xff\xfe broken\n", capture_output=True, cwd=ROOT,
