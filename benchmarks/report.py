@@ -226,7 +226,8 @@ def section_multi30k_tiny(lines):
     return
   lines += ["## `configs/multi30k.py:tiny` on 2 CPU cores: what TLM buys in a first run", "", *provenance(d),
             f"`{d['config']}`, {d['steps']:,} steps, {d['seconds']:.0f} s of training (wall, under the exclusive "
-            "CPU lock). Masked-token accuracy on the 1,014 val pairs, the same 15% of the target's tokens masked "
+            "CPU lock; a benchmark that did not take the lock ran during part of it, so the time is an upper "
+            "bound: the logged rate fell from about 7 to 2.5 steps/s while it ran). Masked-token accuracy on the 1,014 val pairs, the same 15% of the target's tokens masked "
             "with and without the translation in the row (`xlm_jax.evaluate.tlm_context_accuracy`):", ""]
   rows = []
   for name, label in (("fr_given_en", "French masked, English in the row"),
