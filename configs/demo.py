@@ -21,8 +21,8 @@ def get_config(arg: str | None = None):
   c.data.generated_sizes.n_para = 10000
   c.data.vocab_size = 1000
   c.data.mlm_steps = "xa,xb,xc,xa-xb,xb-xa,xa-xc,xc-xa,xb-xc,xc-xb"  # MLM on each language, TLM on every pair
-  c.data.bptt = 64
-  c.data.batch_size = 32
+  c.data.bptt = 128                    # a TLM pair of two 2-clause sentences fits: no pair is skipped
+  c.data.batch_size = 16
   c.data.eval_rows = 128
   c.model.emb_dim = 128
   c.model.n_layers = 2
@@ -44,4 +44,5 @@ def get_config(arg: str | None = None):
   c.demo.nmt_steps = 500               # the NMT phase (about 4 minutes on 2 CPU cores)
   c.demo.nmt_lr = 2e-3
   c.demo.nmt_warmup_steps = 100
+  c.demo.nmt_batch_size = 32           # NMT rows per step (pretraining packs 16 rows of 128)
   return c

@@ -83,8 +83,8 @@ def corpus_dir(tmp_path_factory):
 
 
 TINY_DEMO = {"task": "demo", "train.steps": 20, "log.every": 10, "log.eval_every": 10, "checkpoint.every": 10,
-             "log.profile_steps": "12:14", "demo.nmt_steps": 10, "nmt.bleu_sentences": 8, "nmt.src_len": 32,
-             "nmt.tgt_len": 32, "nmt.sample_translations": 1}
+             "log.profile_steps": "12:14", "demo.nmt_steps": 10, "demo.nmt_batch_size": 8, "nmt.bleu_sentences": 8,
+             "nmt.src_len": 32, "nmt.tgt_len": 32, "nmt.sample_translations": 1}
 
 
 @pytest.fixture(scope="session")

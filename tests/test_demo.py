@@ -12,7 +12,8 @@ from conftest import FULL, run_main
 def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
   workdir = tmp_path / "demo"
   short = {} if FULL else {"train.steps": 60, "log.every": 20, "checkpoint.every": 30, "data.eval_rows": 32,
-                           "demo.nmt_steps": 20, "nmt.bleu_sentences": 16, "nmt.src_len": 32, "nmt.tgt_len": 32}
+                           "demo.nmt_steps": 20, "demo.nmt_batch_size": 8, "nmt.bleu_sentences": 16, "nmt.src_len": 32,
+                           "nmt.tgt_len": 32}
   proc = run_main(str(workdir), {**short, "task": "demo"}, timeout=900, tiny=not FULL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   match = re.search(r"held-out MLM perplexity ([0-9.]+), accuracy ([0-9.]+)", proc.stdout)

@@ -75,6 +75,7 @@ def run(config, workdir: str) -> dict:
     mt.train.steps = config.demo.nmt_steps
     mt.train.lr = config.demo.nmt_lr
     mt.train.warmup_steps = config.demo.nmt_warmup_steps
+    mt.data.batch_size = config.demo.nmt_batch_size
     mt.nmt.bleu_split = "test"
     mt.log.eval_every = 0
   nmt_metrics = nmt.run(mt, nmt_dir).metrics

@@ -16,6 +16,15 @@ Rendering a meaning is a pure function of (meaning, language), and it is injecti
 meanings share a sentence), so translation is learnable in both directions. Agreement and case make masked words
 predictable from context (MLM/TLM). Concept frequencies are Zipf-like and frequent words are short.
 
+Content words follow from their neighbours, as in real text: every sentence is about one of `N_TOPICS` topics, and
+its agents, places, adjectives and verbs come from that topic's share of the vocabulary (with probability
+`P_ON_TOPIC`; concept c belongs to topic c mod N_TOPICS); a verb selects its patients (a transitive verb takes
+objects of its own topic and of its own class, `P_SELECTED`) and its adverb (`P_VERB_ADVERB`). Without this, a
+masked noun or verb could only be guessed from word frequencies and masked-LM accuracy stayed at the unigram
+baseline. And like real neighbours, the languages share words: a third of the content concepts are cognates
+(`is_cognate`), whose stem in every language is xa's, inflected by each language's own morphology; a shared
+subword vocabulary (XLM's BPE) then lets the translation in a TLM row point at the masked word.
+
 Further languages are cheap: any two- or three-letter lowercase code other than the three above (`xd`, `xe`, ... see
 `language_codes`) gets a language spec derived deterministically from its code (phonology, orders, affixes).
 
@@ -46,7 +55,7 @@ import numpy as np
 
 from xlm_jax.errors import UserError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bumped whenever the output for a given (seed, sizes) changes; recorded in the manifest."""
 
 LANGUAGES: tuple[str, ...] = ("xa", "xb", "xc")
@@ -99,6 +108,13 @@ def is_transitive(verb: int) -> bool:
 
 
 _NOUN_CLASS: tuple[int, ...] = tuple(noun_class(c) for c in range(N_NOUNS))
+CONTENT_CATEGORIES: tuple[str, ...] = ("noun", "verb", "adjective", "adverb")
+
+
+def is_cognate(category: str, concept: int) -> bool:
+  """Whether a concept's stem is shared by all languages (xa's stem, each language's inflection): a third of the
+  content concepts, spread over frequencies."""
+  return category in CONTENT_CATEGORIES and concept % 3 == 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,7 +193,7 @@ def validate_meaning(meaning: Meaning) -> None:
 # Meaning sampler. Only `Generator.random()` is used (its stream is the most stable across numpy versions); every
 # discrete choice is an inverse-CDF lookup.
 
-P_CLAUSES = (0.5, 0.37, 0.13)      # 1, 2 or 3 clauses
+P_CLAUSES = (0.6, 0.4)             # 1 or 2 clauses (a TLM pair of two 2-clause sentences fits bptt=128)
 P_QUESTION = 0.12                  # single-clause meanings only
 P_PLURAL = 0.3
 P_ADJECTIVES = (0.4, 0.38, 0.22)   # 0, 1 or 2 adjectives
@@ -185,6 +201,11 @@ P_NUMERAL = 0.3                    # given plural
 P_LOCATION = 0.5
 P_ADVERB = 0.3
 P_ANIMATE_PATIENT = 0.25
+N_TOPICS = 8                       # topics a sentence is about; concept c belongs to topic c % N_TOPICS
+P_ON_TOPIC = 0.9                   # a content word comes from the sentence's topic (else from the whole category)
+N_VERB_CLASSES = 3                 # a transitive verb takes objects of its class: (object rank // topics) % classes
+P_SELECTED = 0.85                  # the patient obeys its verb's selection (else any object of the topic)
+P_VERB_ADVERB = 0.8                # an adverb, when there is one, is the verb's usual one (verb % N_ADVERBS)
 _CHUNK = 256  # meanings are drawn in fixed-size chunks, so a smaller request is a prefix of a bigger one
 
 
@@ -221,13 +242,34 @@ _NUMERAL_CDF = _zipf_cdf(len(NUMERAL_VALUES), exponent=1.2, offset=1.0)
 _CONJ_CDF = _zipf_cdf(N_CONJUNCTIONS, exponent=1.0, offset=1.0)
 
 
-def _sample_noun_phrases(rng: np.random.Generator, nouns: np.ndarray) -> list[NounPhrase]:
-  """One noun phrase per given noun id: number, adjectives and numeral are drawn here."""
+@functools.lru_cache(maxsize=None)
+def _topic_cdf(n: int, modulus: int, exponent: float = 1.05, offset: float = 2.0) -> np.ndarray:
+  """Zipf over the ranks 0, modulus, 2*modulus, ... below n (the members of one topic, relative to its first)."""
+  return _zipf_cdf(-(-n // modulus), exponent, offset)
+
+
+def _on_topic(rng: np.random.Generator, topics: np.ndarray, n: int, cdf: np.ndarray,
+              modulus: int = N_TOPICS, residue: np.ndarray | None = None, p: float = P_ON_TOPIC) -> np.ndarray:
+  """Concept ranks in [0, n): with probability `p` one of `topics`' own (rank % modulus == topic, Zipf within the
+  topic; `residue` further restricts rank // modulus to that residue mod N_VERB_CLASSES), otherwise a draw from
+  the whole category's Zipf `cdf`."""
+  u = rng.random((len(topics), 3))
+  free = _draw(cdf, u[:, 0])
+  if residue is None:
+    within = _draw(_topic_cdf(n, modulus), u[:, 1])
+  else:
+    within = residue + N_VERB_CLASSES * _draw(_topic_cdf(n, modulus * N_VERB_CLASSES), u[:, 1])
+  ranks = topics + modulus * within
+  return np.where((u[:, 2] < p) & (ranks < n), ranks, free)
+
+
+def _sample_noun_phrases(rng: np.random.Generator, nouns: np.ndarray, topics: np.ndarray) -> list[NounPhrase]:
+  """One noun phrase per given noun id: number, adjectives (of the sentence's topic) and numeral are drawn here."""
   u = rng.random((len(nouns), 5))
   plural = (u[:, 0] < P_PLURAL).tolist()
   n_adj = _draw(_ADJ_COUNT_CDF, u[:, 1]).tolist()
-  adj1 = _draw(_ADJ_CDF, u[:, 2]).tolist()
-  adj2 = _draw(_ADJ_CDF, u[:, 3]).tolist()
+  adj1 = _on_topic(rng, topics, N_ADJECTIVES, _ADJ_CDF).tolist()
+  adj2 = _on_topic(rng, topics, N_ADJECTIVES, _ADJ_CDF).tolist()
   numeral = np.where(u[:, 0] < P_PLURAL * P_NUMERAL,  # numeral only on plurals, with prob P_NUMERAL
                      np.asarray(NUMERAL_VALUES)[_draw(_NUMERAL_CDF, u[:, 4])], 0).tolist()
   out = []
@@ -243,18 +285,23 @@ def _sample_chunk(rng: np.random.Generator, n: int) -> list[Meaning]:
   question = ((u[:, 1] < P_QUESTION) & (n_clauses_arr == 1)).tolist()
   n_clauses = n_clauses_arr.tolist()
   m = sum(n_clauses)
+  topics = np.repeat(np.minimum((rng.random(n) * N_TOPICS).astype(np.int64), N_TOPICS - 1), n_clauses_arr)
   cu = rng.random((m, 8))
-  verbs = _draw(_VERB_CDF, cu[:, 0]).tolist()
+  verb_arr = _on_topic(rng, topics, N_VERBS, _VERB_CDF)
+  verbs = verb_arr.tolist()
   tenses = np.minimum((cu[:, 1] * 3).astype(np.int64), 2).tolist()
   has_location = (cu[:, 2] < P_LOCATION).tolist()
-  adverbs = np.where(cu[:, 3] < P_ADVERB, _draw(_ADVERB_CDF, cu[:, 4]), -1).tolist()
+  usual_adverb = np.where(cu[:, 0] < P_VERB_ADVERB, verb_arr % N_ADVERBS, _draw(_ADVERB_CDF, cu[:, 4]))
+  adverbs = np.where(cu[:, 3] < P_ADVERB, usual_adverb, -1).tolist()
   adpositions = _draw(_ADPOSITION_CDF, cu[:, 5]).tolist()
   conjunctions = _draw(_CONJ_CDF, cu[:, 6]).tolist()
-  patient_nouns = np.where(cu[:, 7] < P_ANIMATE_PATIENT, _draw(_ANIMATE_CDF, rng.random(m)),
-                           N_ANIMATE + _draw(_OBJECT_CDF, rng.random(m)))
-  agents = _sample_noun_phrases(rng, _draw(_ANIMATE_CDF, rng.random(m)))
-  patients = _sample_noun_phrases(rng, patient_nouns)
-  places = _sample_noun_phrases(rng, N_ANIMATE + N_OBJECT + _draw(_PLACE_CDF, rng.random(m)))
+  selected = _on_topic(rng, topics, N_OBJECT, _OBJECT_CDF, residue=(verb_arr // N_TOPICS) % N_VERB_CLASSES,
+                       p=P_SELECTED)
+  patient_nouns = np.where(cu[:, 7] < P_ANIMATE_PATIENT, _on_topic(rng, topics, N_ANIMATE, _ANIMATE_CDF),
+                           N_ANIMATE + selected)
+  agents = _sample_noun_phrases(rng, _on_topic(rng, topics, N_ANIMATE, _ANIMATE_CDF), topics)
+  patients = _sample_noun_phrases(rng, patient_nouns, topics)
+  places = _sample_noun_phrases(rng, N_ANIMATE + N_OBJECT + _on_topic(rng, topics, N_PLACE, _PLACE_CDF), topics)
 
   clauses = [
       Clause(agent=agents[i], verb=verbs[i], tense=TENSES[tenses[i]],
@@ -589,8 +636,9 @@ def lexicon(code: str) -> Lexicon:
   rng = _stream(0, "xlm_jax.synthetic.lexicon", code)
   taken: set[str] = set(spec.particles())
   stems: dict[str, tuple[str, ...]] = {}
+  source = None if code == "xa" else lexicon("xa")
   for category in CATEGORIES:
-    lo, hi = phon.content_syllables if category in ("noun", "verb", "adjective", "adverb") else phon.function_syllables
+    lo, hi = phon.content_syllables if category in CONTENT_CATEGORIES else phon.function_syllables
     words = []
     for rank in range(_CATEGORY_SIZES[category]):
       top = lo if rank < 10 else hi  # the 10 most frequent concepts get the shortest words
@@ -598,6 +646,8 @@ def lexicon(code: str) -> Lexicon:
       for attempt in range(10_000):
         n_syllables = lo + min(int(rng.random() * (top - lo + 1)), top - lo) + attempt // 50
         stem = _make_word(phon, rng, n_syllables)
+        if source is not None and attempt == 0 and is_cognate(category, rank):
+          stem = source.stems[category][rank]  # a cognate, unless its forms clash here (then a native stem)
         inflections = _inflections(spec, category, stem, rank)
         forms = set(inflections.values())
         if len(forms) != len(inflections):  # two feature sets give one word for this stem: try another stem,
