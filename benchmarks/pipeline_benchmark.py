@@ -165,13 +165,15 @@ def time_loader(batches: Mixture, workers: int, steps: int, repeats: int, first_
           "steps": steps, "repeats": repeats, "cpus": cpus}
 
 
-def old_paths(tree: str, names: list[str], repeats: int) -> dict:
+def old_paths(tree: str, names: list[str], repeats: int, workdir: str, multi30k: str | None) -> dict:
   """The in-memory and lazy paths of the code before issue #8, by the old tree's own benchmark script (a
   subprocess of this run; its model timing cut to one step: only its pipeline rates are used)."""
   import subprocess
   out = os.path.join(tempfile.mkdtemp(prefix="xlm_old_bench_"), "old.json")
   command = [sys.executable, os.path.join(tree, "benchmarks", "pipeline_benchmark.py"), "--configs", ",".join(names),
-             "--model-steps", "1", "--model-repeats", "1", "--repeats", str(repeats), "--out", out]
+             "--model-steps", "1", "--model-repeats", "1", "--repeats", str(repeats), "--out", out,
+             "--workdir", os.path.join(workdir, "old"),
+             "--multi30k", os.path.abspath(multi30k or load_config("base", None, None).data.corpus)]
   subprocess.run(command, cwd=tree, check=True, env={**os.environ, "PYTHONPATH": tree})
   with open(out) as f:
     results = json.load(f)["results"]
@@ -340,7 +342,8 @@ def main():
     results = {name: model_from(name, args, pipeline) for name in names}
   else:
     results = {name: bench(name, args) for name in names}
-  old = old_paths(args.old_tree, names, args.repeats) if args.old_tree and not args.model_from else None
+  old = old_paths(args.old_tree, names, args.repeats, args.workdir, args.multi30k) \
+      if args.old_tree and not args.model_from else None
   h100 = None
   if args.h100 and os.path.exists(args.h100):
     with open(args.h100) as f:

@@ -128,6 +128,13 @@ def section_pipeline(lines):
                    [[f"{r['tokens']:,}", f"{r['sentences']:,}", f"{r['peak_rss_mb']:,.0f}", f"{r['seconds']:,.1f}",
                      f"{r['tokens_per_s']:,.0f}"] for _, r in sorted(d["results"].items(), key=lambda x: int(x[0]))])
     lines += ["", f"Peak RSS of the larger over the smaller: {d['rss_ratio']:.2f}x (target <= 1.2x).", ""]
+  d = load("demo_speed.json")
+  if d:
+    lines += ["### The demo's pretraining phase, before and after issue #8", "", *provenance(d)]
+    lines += [f"Commits: old {d['commits']['old'][:10]}, new {d['commits']['new'][:10]}.", ""]
+    lines += table(["tree", "runs", "median wall time (s)", "median steps/s (after compilation)"],
+                   [[name, str(len(d["runs"][name])), f"{s['wall_s']:.1f}", f"{s['steps_per_sec']:.2f}"]
+                    for name, s in d["summary"].items()]) + [""]
 
 
 def _decode_command(d: dict) -> str:

@@ -64,40 +64,52 @@ def mlm_slots(length: int, word_pred: float) -> int:
   return max(1, math.ceil(word_pred * length))
 
 
-def mask_rows(rng: np.random.Generator, tokens: np.ndarray, eligible: np.ndarray, cfg: MaskingConfig,
-              n_slots: int, token_scores: np.ndarray | None = None):
-  """Mask a group of rows. tokens, eligible: [n, L]. Returns (inputs [n, L], index [n, P], targets [n, P],
-  weights [n, P]); chosen positions are ascending in each row, unused slots hold index 0 and weight 0.
+def mask_draws(rng: np.random.Generator, n: int, length: int, n_slots: int) -> dict[str, np.ndarray]:
+  """The random numbers masking `n` rows needs, drawn from a row group's generator (a few calls per group; the
+  masking itself then runs once over the rows of all groups: `apply_masking`)."""
+  return {"round": rng.random(n), "keys": rng.random((n, length)), "mode": rng.random((n, n_slots)),
+          "pick": rng.random((n, n_slots))}
 
-  Contract: the draws from `rng` are part of the batch definition (changing them changes every batch of every
-  seed; batch checksums tell)."""
+
+def apply_masking(draws: dict[str, np.ndarray], tokens: np.ndarray, eligible: np.ndarray, cfg: MaskingConfig,
+                  n_slots: int, token_scores: np.ndarray | None = None):
+  """Mask rows [n, L] with `draws` (`mask_draws` of the same rows). Returns (inputs [n, L], index [n, P],
+  targets [n, P], weights [n, P]); chosen positions are ascending in each row, unused slots hold index 0 and
+  weight 0."""
   n, length = tokens.shape
   eligible = eligible.copy()
   if token_scores is not None:
     weight = token_scores[tokens]
     eligible &= weight > 0
   candidates = eligible.sum(1)
-  count = np.floor(cfg.word_pred * candidates + rng.random(n)).astype(np.int64)
+  count = np.floor(cfg.word_pred * candidates + draws["round"]).astype(np.int64)
   count = np.minimum(np.maximum(count, 1), np.minimum(n_slots, candidates))
-  keys = rng.random((n, length))
+  keys = draws["keys"]
   if token_scores is not None:
-    with np.errstate(divide="ignore"):
-      keys = -np.log1p(-keys) / np.where(eligible, weight, 1.0)
-  keys[~eligible] = np.inf
+    keys = -np.log1p(-keys) / np.where(eligible, weight, 1.0)
+  keys = np.where(eligible, keys, np.inf)
   chosen = np.argsort(keys, axis=1, kind="stable")[:, :n_slots]
   used = np.arange(n_slots) < count[:, None]
   index = np.sort(np.where(used, chosen, length), axis=1)  # unused slots sort last, as `used` says
   index = np.where(used, index, 0).astype(np.int32)
-  rows = np.arange(n)[:, None]
-  targets = np.where(used, tokens[rows, index], 0).astype(np.int32)
+  targets = np.where(used, np.take_along_axis(tokens, index, 1), 0).astype(np.int32)
   weights = used.astype(np.float32)
-  mode = cfg.mode_cdf.searchsorted(rng.random((n, n_slots)), side="right")
-  randoms = cfg.replacement_ids[rng.integers(len(cfg.replacement_ids), size=(n, n_slots))]
+  mode = cfg.mode_cdf.searchsorted(draws["mode"], side="right")
+  randoms = cfg.replacement_ids[(draws["pick"] * len(cfg.replacement_ids)).astype(np.int64)]
   new = np.where(mode == 0, cfg.mask_id, np.where(mode == 1, targets, randoms))
   inputs = tokens.copy()
   r, s = np.nonzero(used)
   inputs[r, index[r, s]] = new[r, s]
   return inputs, index, targets, weights
+
+
+def mask_rows(rng: np.random.Generator, tokens: np.ndarray, eligible: np.ndarray, cfg: MaskingConfig,
+              n_slots: int, token_scores: np.ndarray | None = None):
+  """Mask a group of rows [n, L] with draws from `rng` (see `apply_masking`).
+
+  Contract: the draws from `rng` are part of the batch definition (changing them changes every batch of every
+  seed; batch checksums tell)."""
+  return apply_masking(mask_draws(rng, *tokens.shape, n_slots), tokens, eligible, cfg, n_slots, token_scores)
 
 
 def clm_rows(tokens: np.ndarray, segments: np.ndarray):

@@ -27,11 +27,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from xlm_jax.data.masking import MaskingConfig, clm_rows, mask_rows, mlm_slots
+from xlm_jax.data.masking import MaskingConfig, apply_masking, clm_rows, mask_draws, mlm_slots
 from xlm_jax.errors import UserError
 
 KEYS = ("clm", "mlm", "tlm", "ae", "bt", "mt", "cls")  # the order of keys in a batch; the index salts the RNG
@@ -131,10 +131,13 @@ class MaskTargets:
   n_slots: int
   token_scores: np.ndarray | None = None
 
-  def __call__(self, rng: np.random.Generator, rows: dict, train: bool = True) -> dict:
+  def draw(self, rng: np.random.Generator, rows: dict) -> dict:
+    return mask_draws(rng, *rows["tokens"].shape, self.n_slots)
+
+  def apply(self, rows: dict, draws: dict, train: bool = True) -> dict:
     cfg = self.masking if train else dataclasses.replace(self.masking, mask_keep_rand=(1.0, 0.0, 0.0))
-    inputs, index, targets, weights = mask_rows(rng, rows["tokens"], rows["segment_ids"] > 0, cfg, self.n_slots,
-                                                self.token_scores)
+    inputs, index, targets, weights = apply_masking(draws, rows["tokens"], rows["segment_ids"] > 0, cfg,
+                                                    self.n_slots, self.token_scores)
     return {**rows, "tokens": inputs, "pred_index": index, "pred_targets": targets, "pred_weights": weights}
 
   def describe(self) -> dict:
@@ -147,7 +150,10 @@ class MaskTargets:
 class NextTokenTargets:
   """CLM: position t predicts t+1 inside a segment."""
 
-  def __call__(self, rng: np.random.Generator, rows: dict, train: bool = True) -> dict:
+  def draw(self, rng: np.random.Generator, rows: dict) -> dict:
+    return {}
+
+  def apply(self, rows: dict, draws: dict, train: bool = True) -> dict:
     _, index, targets, weights = clm_rows(rows["tokens"], rows["segment_ids"])
     return {**rows, "pred_index": index, "pred_targets": targets, "pred_weights": weights}
 
@@ -159,7 +165,10 @@ class NextTokenTargets:
 class BuiltIn:
   """Rows whose builder already made their targets (MT, denoising, back-translation sources)."""
 
-  def __call__(self, rng: np.random.Generator, rows: dict, train: bool = True) -> dict:
+  def draw(self, rng: np.random.Generator, rows: dict) -> dict:
+    return {}
+
+  def apply(self, rows: dict, draws: dict, train: bool = True) -> dict:
     return rows
 
   def describe(self) -> dict:
@@ -185,10 +194,10 @@ class Objective:
   key: str
   entries: list[Entry]
   probs: np.ndarray
-  targets: Callable  # (rng, rows, train) -> rows
+  targets: Any  # .draw(rng, rows) per group -> random numbers; .apply(rows, draws, train) over all groups
 
 
-def objectives(entries: Sequence[Entry], targets: Mapping[str, Callable], lg_sampling_factor: float
+def objectives(entries: Sequence[Entry], targets: Mapping[str, Any], lg_sampling_factor: float
                ) -> list[Objective]:
   """Group entries by batch key (in `KEYS` order) with p ~ size**lg_sampling_factor."""
   out = []
@@ -253,12 +262,17 @@ class Mixture:
       step_entry = None
       if self.mixing == "separate":
         step_entry = obj.entries[row_rng(self.seed, step, (1 << 32) - 1, salt).choice(len(obj.entries), p=obj.probs)]
-      parts = []
+      parts, draws = [], []
+      cdf = np.cumsum(obj.probs)
       for g in self.groups():
         rng = row_rng(self.seed, step, g, salt)
-        entry = step_entry or obj.entries[rng.choice(len(obj.entries), p=obj.probs)]
-        parts.append(obj.targets(rng, entry.source.rows(rng, self.group_rows)))
-      out[obj.key] = stack(parts)
+        entry = step_entry or obj.entries[min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")),
+                                              len(obj.entries) - 1)]
+        rows = entry.source.rows(rng, self.group_rows)
+        parts.append(rows)
+        draws.append(obj.targets.draw(rng, rows))
+      # the random numbers come per group (a pure function of the group), the targets are built once per key
+      out[obj.key] = obj.targets.apply(stack(parts), stack(draws) if draws[0] else {})
     return out
 
   def eval_batches(self, entries: Sequence[Entry], max_rows: int) -> dict[str, list[dict]]:
@@ -273,7 +287,8 @@ class Mixture:
       n = len(next(iter(rows.values())))
       if n == 0:
         continue
-      rows = targets[key](np.random.default_rng([EVAL_SEED, KEYS.index(key)]), rows, train=False)
+      target = targets[key]
+      rows = target.apply(rows, target.draw(np.random.default_rng([EVAL_SEED, KEYS.index(key)]), rows), train=False)
       result[f"{key}_{entry.spec.name}"] = [{key: b} for b in self._to_batches(rows, n)]
     return result
 

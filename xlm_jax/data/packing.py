@@ -49,21 +49,31 @@ def first_fit_decreasing(sizes: np.ndarray, n_rows: int, capacity: Sequence[int]
   per example costs more than the loop over a few rows)."""
   sizes = np.asarray(sizes, np.int64).reshape(len(sizes), -1)
   k, d = sizes.shape
-  row = np.full(k, -1, np.int64)
-  start = np.zeros((k, d), np.int64)
-  cap = [int(c) for c in capacity]
-  used = [[0] * d for _ in range(n_rows)]
-  listed = sizes.tolist()
-  for i in np.argsort(-sizes.max(1), kind="stable").tolist():
-    need = listed[i]
-    for r in range(n_rows):
-      u = used[r]
-      if all(u[j] + need[j] <= cap[j] for j in range(d)):
-        row[i] = r
-        start[i] = u
-        used[r] = [u[j] + need[j] for j in range(d)]
-        break
-  return row, start
+  row, at_s, at_t = [-1] * k, [0] * k, [0] * k
+  order = np.argsort(-sizes.max(1), kind="stable").tolist()
+  if d == 1:
+    cap, used, need = int(capacity[0]), [0] * n_rows, sizes[:, 0].tolist()
+    for i in order:
+      n = need[i]
+      for r in range(n_rows):
+        if used[r] + n <= cap:
+          row[i], at_s[i] = r, used[r]
+          used[r] += n
+          break
+  else:  # source and target
+    cap_s, cap_t = int(capacity[0]), int(capacity[1])
+    used_s, used_t = [0] * n_rows, [0] * n_rows
+    need_s, need_t = sizes[:, 0].tolist(), sizes[:, 1].tolist()
+    for i in order:
+      a, b = need_s[i], need_t[i]
+      for r in range(n_rows):
+        if used_s[r] + a <= cap_s and used_t[r] + b <= cap_t:
+          row[i], at_s[i], at_t[i] = r, used_s[r], used_t[r]
+          used_s[r] += a
+          used_t[r] += b
+          break
+  start = np.asarray([at_s, at_t][:d], np.int64).T
+  return np.asarray(row, np.int64), start
 
 
 def first_fit_sequential(sizes: np.ndarray, capacity: Sequence[int], max_rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -117,8 +117,9 @@ class TokenStore:
     return cls(None, tokens, offsets)
 
   def _open(self) -> None:
-    self.tokens = np.memmap(self.stem + TOKENS, np.int32, mode="r")
-    self.offsets = np.memmap(self.stem + OFFSETS, np.int64, mode="r")
+    # plain ndarray views of the mappings: np.memmap's Python-level __getitem__ costs more than small reads
+    self.tokens = np.asarray(np.memmap(self.stem + TOKENS, np.int32, mode="r"))
+    self.offsets = np.asarray(np.memmap(self.stem + OFFSETS, np.int64, mode="r"))
 
   def __getstate__(self):
     return {"stem": self.stem} if self.stem else {"stem": None, "tokens": self.tokens, "offsets": self.offsets}
