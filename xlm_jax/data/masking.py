@@ -92,7 +92,7 @@ def apply_masking(draws: dict[str, np.ndarray], tokens: np.ndarray, eligible: np
   used = np.arange(n_slots) < count[:, None]
   index = np.sort(np.where(used, chosen, length), axis=1)  # unused slots sort last, as `used` says
   index = np.where(used, index, 0).astype(np.int32)
-  targets = np.where(used, np.take_along_axis(tokens, index, 1), 0).astype(np.int32)
+  targets = np.where(used, tokens[np.arange(n)[:, None], index], 0).astype(np.int32)
   weights = used.astype(np.float32)
   mode = cfg.mode_cdf.searchsorted(draws["mode"], side="right")
   randoms = cfg.replacement_ids[(draws["pick"] * len(cfg.replacement_ids)).astype(np.int64)]

@@ -36,7 +36,7 @@ from xlm_jax.errors import UserError
 
 KEYS = ("clm", "mlm", "tlm", "ae", "bt", "mt", "cls")  # the order of keys in a batch; the index salts the RNG
 EVAL_SEED = 12345
-VERSION = "rows-2"  # part of the fingerprint: bump when the rows of a (seed, step) change
+VERSION = "rows-3"  # part of the fingerprint: bump when the rows of a (seed, step) change
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,11 @@ def sampling_probs(sizes: Sequence[int], factor: float) -> np.ndarray:
 
 
 def row_rng(seed: int, step: int, group: int, salt: int) -> np.random.Generator:
-  return np.random.default_rng([seed, step, group, salt])
+  """The generator of one row group: Philox keyed by (seed, salt, step, group), each in 32 bits (counter-based:
+  distinct keys give independent streams, and a key costs less to set up than hashing a seed sequence)."""
+  mask = 0xFFFFFFFF
+  key = [((seed & mask) << 32) | (salt & mask), ((step & mask) << 32) | (group & mask)]
+  return np.random.Generator(np.random.Philox(key=key))
 
 
 class RowSource(Protocol):
@@ -131,8 +135,8 @@ class MaskTargets:
   n_slots: int
   token_scores: np.ndarray | None = None
 
-  def draw(self, rng: np.random.Generator, rows: dict) -> dict:
-    return mask_draws(rng, *rows["tokens"].shape, self.n_slots)
+  def draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> dict:
+    return mask_draws(rng, *shape, self.n_slots)
 
   def apply(self, rows: dict, draws: dict, train: bool = True) -> dict:
     cfg = self.masking if train else dataclasses.replace(self.masking, mask_keep_rand=(1.0, 0.0, 0.0))
@@ -150,7 +154,7 @@ class MaskTargets:
 class NextTokenTargets:
   """CLM: position t predicts t+1 inside a segment."""
 
-  def draw(self, rng: np.random.Generator, rows: dict) -> dict:
+  def draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> dict:
     return {}
 
   def apply(self, rows: dict, draws: dict, train: bool = True) -> dict:
@@ -165,7 +169,7 @@ class NextTokenTargets:
 class BuiltIn:
   """Rows whose builder already made their targets (MT, denoising, back-translation sources)."""
 
-  def draw(self, rng: np.random.Generator, rows: dict) -> dict:
+  def draw(self, rng: np.random.Generator, shape: tuple[int, int]) -> dict:
     return {}
 
   def apply(self, rows: dict, draws: dict, train: bool = True) -> dict:
@@ -210,7 +214,16 @@ def objectives(entries: Sequence[Entry], targets: Mapping[str, Any], lg_sampling
 
 
 def stack(parts: Sequence[dict]) -> dict[str, np.ndarray]:
+  if len(parts) == 1:
+    return dict(parts[0])
   return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def _placed(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+  """out[order[i]] = values[i]."""
+  out = np.empty_like(values)
+  out[order] = values
+  return out
 
 
 class Mixture:
@@ -262,18 +275,37 @@ class Mixture:
       step_entry = None
       if self.mixing == "separate":
         step_entry = obj.entries[row_rng(self.seed, step, (1 << 32) - 1, salt).choice(len(obj.entries), p=obj.probs)]
-      parts, draws = [], []
-      cdf = np.cumsum(obj.probs)
-      for g in self.groups():
-        rng = row_rng(self.seed, step, g, salt)
-        entry = step_entry or obj.entries[min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")),
-                                              len(obj.entries) - 1)]
-        rows = entry.source.rows(rng, self.group_rows)
-        parts.append(rows)
-        draws.append(obj.targets.draw(rng, rows))
-      # the random numbers come per group (a pure function of the group), the targets are built once per key
-      out[obj.key] = obj.targets.apply(stack(parts), stack(draws) if draws[0] else {})
+      out[obj.key] = self._rows(obj, step, salt, step_entry)
     return out
+
+  def _rows(self, obj: Objective, step: int, salt: int, step_entry: Entry | None) -> dict[str, np.ndarray]:
+    """The rows of one batch key: per group (a pure function of the group), the entry, the builder's plan (its
+    random draws and packing decisions) and the targets' random numbers; then each builder builds the rows of all
+    its groups at once, and the targets are made once for all rows."""
+    n, cdf = self.group_rows, np.cumsum(obj.probs)
+    plans: dict[int, list] = {}  # entry -> [(group position, plan)]
+    draws = []
+    for at, g in enumerate(self.groups()):
+      rng = row_rng(self.seed, step, g, salt)
+      e = obj.entries.index(step_entry) if step_entry is not None else \
+          min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")), len(obj.entries) - 1)
+      source = obj.entries[e].source
+      plan = source.plan(rng, n) if hasattr(source, "plan") else source.rows(rng, n)
+      plans.setdefault(e, []).append((at, plan))
+      draws.append(obj.targets.draw(rng, (n, getattr(source, "length", 0))))
+    blocks, where = [], []
+    for e, mine in plans.items():
+      source = obj.entries[e].source
+      if hasattr(source, "build"):
+        blocks.append(source.build([plan for _, plan in mine], n))
+      else:
+        blocks.append(stack([plan for _, plan in mine]))
+      where.extend(at for at, _ in mine)
+    rows = stack(blocks)
+    if where != sorted(where):  # rows of several builders: back into group order
+      order = (np.asarray(where)[:, None] * n + np.arange(n)).ravel()
+      rows = {name: _placed(v, order) for name, v in rows.items()}
+    return obj.targets.apply(rows, stack(draws) if draws[0] else {})
 
   def eval_batches(self, entries: Sequence[Entry], max_rows: int) -> dict[str, list[dict]]:
     """Held-out batches per `<key>_<spec>`: the first `max_rows` rows of each entry, deterministic targets (fixed
@@ -288,7 +320,8 @@ class Mixture:
       if n == 0:
         continue
       target = targets[key]
-      rows = target.apply(rows, target.draw(np.random.default_rng([EVAL_SEED, KEYS.index(key)]), rows), train=False)
+      draws = target.draw(np.random.default_rng([EVAL_SEED, KEYS.index(key)]), (n, getattr(entry.source, "length", 0)))
+      rows = target.apply(rows, draws, train=False)
       result[f"{key}_{entry.spec.name}"] = [{key: b} for b in self._to_batches(rows, n)]
     return result
 

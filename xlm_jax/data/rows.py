@@ -4,7 +4,9 @@ Every builder has
   size                       sentences or pairs (for language sampling)
   rows(rng, n) -> fields     n random rows: a dict of numpy arrays with a leading [n] axis
   eval_rows(max_rows)        a fixed sequence of rows (held-out evaluation), same fields
-and is picklable (stores travel as paths), so worker processes can build rows.
+and is picklable (stores travel as paths), so worker processes can build rows. A builder may also split `rows`
+into `plan(rng, n)` (a group's random draws and packing decisions, from the group's generator) and
+`build(plans, n)` (the rows of several groups at once), which the mixture then uses; `length` is its row length.
 
   StreamRows        MLM/CLM: a monolingual stream cut into rows of bptt tokens (XLM's StreamDataset)
   TlmRows           TLM: pairs of one direction packed first-fit decreasing, `[</s> s1 </s>][</s> s2 </s>]`
@@ -52,8 +54,18 @@ class StreamRows:
             "langs": np.full((n, self.bptt), self.lang_id, np.int32),
             "segment_ids": np.ones((n, self.bptt), np.int32)}
 
+  @property
+  def length(self) -> int:
+    return self.bptt
+
+  def plan(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(self.n_rows, size=n)
+
+  def build(self, plans: list, n: int) -> dict[str, np.ndarray]:
+    return self._rows(np.concatenate(plans))
+
   def rows(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
-    return self._rows(rng.integers(self.n_rows, size=n))
+    return self.build([self.plan(rng, n)], n)
 
   def eval_rows(self, max_rows: int) -> dict[str, np.ndarray]:
     return self._rows(np.arange(min(self.n_rows, max_rows)))
@@ -111,12 +123,23 @@ class TlmRows:
     place(out, second.tokens, s2[keep], n2[keep], r, c + n1[keep], np.full(len(r), self.lang2), seg)
     return out
 
-  def rows(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+  def plan(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(picked pairs, their row, their start): the draws and the packing decision of one group."""
     k = _pool(n, self.length, self.pairs.mean_tokens, self.pool)
     picks = self.pairs.index[rng.integers(self.size, size=k)]
     sizes = self.pairs.stores[0].lengths(picks) + self.pairs.stores[1].lengths(picks) + 4
     row, start = first_fit_decreasing(sizes, n, [self.length])
-    return self._build(picks, row, start, n)
+    keep = row >= 0
+    return picks[keep], row[keep], start[keep]
+
+  def build(self, plans: list, n: int) -> dict[str, np.ndarray]:
+    picks = np.concatenate([p[0] for p in plans])
+    row = np.concatenate([p[1] + i * n for i, p in enumerate(plans)])  # group i owns rows i*n .. i*n+n-1
+    start = np.concatenate([p[2] for p in plans])
+    return self._build(picks, row, start, n * len(plans))
+
+  def rows(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    return self.build([self.plan(rng, n)], n)
 
   def eval_rows(self, max_rows: int) -> dict[str, np.ndarray]:
     """Pairs in file order, packed first-fit sequentially (the next pair that does not fit opens a new row)."""
