@@ -202,3 +202,19 @@ def test_preparation_in_parallel_processes_writes_the_same_stores(setup, tmp_pat
   finally:
     prepare_lib.CHUNK_LINES = chunk
   assert two == one
+
+
+def test_a_damaged_store_whose_inputs_are_gone_is_refused_naming_the_file(setup, corpus_dir, tmp_path):
+  import shutil
+  _, tok, _, _ = setup
+  folder = tmp_path / "corpus"
+  folder.mkdir()
+  for split in ("train", "valid"):
+    shutil.copy(os.path.join(corpus_dir, f"{split}.xc"), folder / f"{split}.xc")
+  source = Corpus([LocalFolder(str(folder))])
+  p = prepare_mono(source, "xc", tok, str(tmp_path / "cache"))
+  with open(os.path.join(p.path, "train.0.offsets.i64"), "r+b") as f:
+    f.write(b"\xff" * 8)
+  os.remove(folder / "train.xc")
+  with pytest.raises(UserError, match=r"train\.xc"):
+    prepare_mono(source, "xc", tok, str(tmp_path / "cache"))
