@@ -105,6 +105,10 @@ def section_pipeline(lines):
     lines += [f"Machine: {d['machine']}, jax {d['jax']}" + (f", commit {d['git_commit'][:10]}"
                                                              if d.get("git_commit") else ""), ""]
     if d.get("lines"):  # issue #8 format: the script's key=value lines, verbatim
+      if d.get("load_average"):
+        lines += [f"Load average (1, 5, 15 min) when the run ended: {', '.join(f'{x:.1f}' for x in d['load_average'])}"
+                  f" on {d['machine'].split(', ')[1] if ', ' in d['machine'] else 'this machine'}"
+                  + (f". {d['note']}" if d.get("note") else ""), ""]
       if d.get("old"):
         lines += [f"Old paths: commit {d['old']['commit'][:10]}, `{d['old']['command']}`", ""]
       lines += ["```", *d["lines"], "```", ""]
@@ -127,11 +131,13 @@ def section_pipeline(lines):
     lines += table(["corpus (tokens)", "sentences", "peak RSS (MB)", "seconds", "tokens/s"],
                    [[f"{r['tokens']:,}", f"{r['sentences']:,}", f"{r['peak_rss_mb']:,.0f}", f"{r['seconds']:,.1f}",
                      f"{r['tokens_per_s']:,.0f}"] for _, r in sorted(d["results"].items(), key=lambda x: int(x[0]))])
-    lines += ["", f"Peak RSS of the larger over the smaller: {d['rss_ratio']:.2f}x (target <= 1.2x).", ""]
+    lines += ["", f"Peak RSS of the larger over the smaller: {d['rss_ratio']:.2f}x (target <= 1.2x)."
+              + (f" {d['note']}" if d.get("note") else ""), ""]
   d = load("demo_speed.json")
   if d:
     lines += ["### The demo's pretraining phase, before and after issue #8", "", *provenance(d)]
-    lines += [f"Commits: old {d['commits']['old'][:10]}, new {d['commits']['new'][:10]}.", ""]
+    lines += [f"Commits: old {d['commits']['old'][:10]}, new {d['commits']['new'][:10]}."
+              + (f" {d['note']}" if d.get("note") else ""), ""]
     lines += table(["tree", "runs", "median wall time (s)", "median steps/s (after compilation)"],
                    [[name, str(len(d["runs"][name])), f"{s['wall_s']:.1f}", f"{s['steps_per_sec']:.2f}"]
                     for name, s in d["summary"].items()]) + [""]
