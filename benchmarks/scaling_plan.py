@@ -1,0 +1,124 @@
+"""docs/scaling.md: the planner's table (compiled here for TPU topologies) and the launchers' --dry-run output.
+
+  /tmp/tpu-venv/bin/python benchmarks/scaling_plan.py        # compute: needs libtpu (requirements-tpu.txt)
+  python benchmarks/scaling_plan.py --render                  # re-render docs/scaling.md from the JSON only
+
+Writes benchmarks/results/scaling_plan.json (rows, verdict sentences, dry-run outputs, command, commit, machine,
+versions) and renders docs/scaling.md from it; no figure is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+RESULT = os.path.join(ROOT, "benchmarks", "results", "scaling_plan.json")
+DOC = os.path.join(ROOT, "docs", "scaling.md")
+CONFIGS = ("xlm_mlm_tlm_xnli15_1024", "xlm_mlm_100_1280")
+TPUS = ("v4-32", "v5e-256")
+GPUS = ("32xH100",)  # 4 nodes x 8 GPUs, as the SLURM dry run
+TPU_DRY_RUN = (["bash", "launch/tpu_pod.sh", "--dry-run", "run",
+                "--config=configs/xlm_paper.py:xlm_mlm_tlm_xnli15_1024", "--workdir=gs://BUCKET/runs/xnli15",
+                "--config.data.corpus=gs://BUCKET/data/xnli15"],
+               {"TPU_NAME": "xnli15-v4-32", "ZONE": "us-central2-b", "ACCELERATOR": "v4-32"})
+SLURM_DRY_RUN = (["bash", "launch/slurm_gpu.sbatch", "--dry-run", "--config=configs/xlm_paper.py:xlm_mlm_100_1280",
+                  "--workdir=/shared/runs/xlm100", "--config.data.corpus=/shared/data/xlm100"], {"NODES": "4"})
+
+
+def machine() -> str:
+  model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+  flags = next((l.split(":", 1)[1] for l in open("/proc/cpuinfo") if l.startswith("flags")), "")
+  return (f"{model}, {os.cpu_count()} cores, avx512_bf16={'avx512_bf16' in flags.split()}, "
+          f"Python {platform.python_version()}")
+
+
+def dry_run(spec) -> dict:
+  args, env = spec
+  proc = subprocess.run(args, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+  return {"command": " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(args[1:]),
+          "output": proc.stdout, "returncode": proc.returncode}
+
+
+def compute(presets) -> dict:
+  import jax
+  from importlib import metadata
+  from configs.xlm_paper import get_config
+  from xlm_jax import plan as plan_lib
+  rows, sentences = [], []
+  for name in CONFIGS:
+    for topo in TPUS + GPUS:
+      target = plan_lib.parse_target(topo)
+      tried = {}
+      for preset in presets:
+        config = get_config(name)
+        t0 = time.perf_counter()
+        row = plan_lib.plan(config, target, preset)
+        row.update(config=name, seconds=round(time.perf_counter() - t0, 1))
+        print(plan_lib.format_table([row]).splitlines()[-1], flush=True)
+        rows.append(row)
+        tried[(preset, row["remat"])] = row
+      for row in [r for r in rows if r["config"] == name and r["topology"] == topo]:
+        fix = "" if row["verdict"] == "fits" else plan_lib.suggestion(get_config(name), target, tried)
+        sentences.append(plan_lib.verdict_sentence(row, fix))
+        print(sentences[-1], flush=True)
+  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+  return {"command": "python " + " ".join(sys.argv), "commit": commit, "machine": machine(),
+          "jax": jax.__version__, "libtpu": metadata.version("libtpu"), "rows": rows, "sentences": sentences,
+          "tpu_dry_run": dry_run(TPU_DRY_RUN), "slurm_dry_run": dry_run(SLURM_DRY_RUN)}
+
+
+def render(data: dict) -> str:
+  from xlm_jax.plan import format_table
+  tpu = [r for r in data["rows"] if not r["estimate"]]
+  gpu = [r for r in data["rows"] if r["estimate"]]
+  lines = ["# Scaling: will it fit, and how to launch it", "",
+           "Rendered by `benchmarks/scaling_plan.py` from `benchmarks/results/scaling_plan.json`; do not edit by hand.",
+           "", f"Command: `{data['command']}` at commit `{data['commit'][:10]}`, jax {data['jax']}, "
+           f"libtpu {data['libtpu']}.", f"Machine: {data['machine']} (no TPU, no GPU).", "",
+           "## Per-device memory of one training step (`python -m xlm_jax.plan`)", "",
+           "TPU rows: the real pretraining step (model, masked-LM loss, AdamW, gradient clipping, donated state) "
+           "compiled on this machine for the topology with `jax.experimental.topologies` and libtpu; bytes from the "
+           "compiled step's memory analysis. `params`, `opt state` and `batch` are the argument bytes one device "
+           "holds (from the shardings), `temporaries` the activations and workspace XLA allocates, "
+           "`outputs-aliased` the outputs not written into donated inputs; `total` adds the generated code. HBM is "
+           "the vendor's per-chip figure. The paper configs use their defaults: global batch 512 rows of 256 "
+           "tokens, bfloat16 matmuls, float32 weights and Adam moments, scanned layers.", "",
+           format_table(tpu), "",
+           "GPU rows are an **estimate** (compiling for a GPU needs CUDA): parameter, optimizer and batch bytes from "
+           "`jax.eval_shape` and the shardings, gradients as large as the parameters, activations from the formula "
+           "in `xlm_jax.plan.activation_estimate` (Korthikanti et al. 2022); 32 H100 = the 4 nodes x 8 GPUs of the "
+           "SLURM example below.", "", format_table(gpu), "", "Verdicts, one sentence each:", ""]
+  lines += [f"- {s}" for s in data["sentences"]]
+  for key, title in (("tpu_dry_run", "`launch/tpu_pod.sh --dry-run` for a v4-32"),
+                     ("slurm_dry_run", "`launch/slurm_gpu.sbatch --dry-run` for 4 nodes x 8 GPUs")):
+    d = data[key]
+    lines += ["", f"## {title}", "", f"`{d['command'].strip()}`", "", "```", d["output"].rstrip(), "```"]
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--render", action="store_true", help="only re-render docs/scaling.md from the JSON")
+  parser.add_argument("--presets", default="dp,fsdp,fsdp_tp")
+  args = parser.parse_args()
+  if not args.render:
+    data = compute(args.presets.split(","))
+    os.makedirs(os.path.dirname(RESULT), exist_ok=True)
+    with open(RESULT, "w") as f:
+      json.dump(data, f, indent=1)
+  with open(RESULT) as f:
+    data = json.load(f)
+  os.makedirs(os.path.dirname(DOC), exist_ok=True)
+  with open(DOC, "w") as f:
+    f.write(render(data))
+  print(f"wrote {DOC}")
+
+
+if __name__ == "__main__":
+  main()
