@@ -45,32 +45,44 @@ def dry_run(spec) -> dict:
           "output": proc.stdout, "returncode": proc.returncode}
 
 
-def compute(presets) -> dict:
+def compute(presets, out: str) -> dict:
+  """Plan every (config, topology, preset), the most informative rows first; the JSON is rewritten after each row,
+  so an interrupted run still renders the rows it has."""
   import jax
   from importlib import metadata
   from configs.xlm_paper import get_config
   from xlm_jax import plan as plan_lib
-  rows, sentences = [], []
-  for name in CONFIGS:
-    for topo in TPUS + GPUS:
-      target = plan_lib.parse_target(topo)
-      tried = {}
-      for preset in presets:
-        config = get_config(name)
-        t0 = time.perf_counter()
-        row = plan_lib.plan(config, target, preset)
-        row.update(config=name, seconds=round(time.perf_counter() - t0, 1))
-        print(plan_lib.format_table([row]).splitlines()[-1], flush=True)
-        rows.append(row)
-        tried[(preset, row["remat"])] = row
-      for row in [r for r in rows if r["config"] == name and r["topology"] == topo]:
-        fix = "" if row["verdict"] == "fits" else plan_lib.suggestion(get_config(name), target, tried)
-        sentences.append(plan_lib.verdict_sentence(row, fix))
-        print(sentences[-1], flush=True)
   commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-  return {"command": "python " + " ".join(sys.argv), "commit": commit, "machine": machine(),
-          "jax": jax.__version__, "libtpu": metadata.version("libtpu"), "rows": rows, "sentences": sentences,
-          "tpu_dry_run": dry_run(TPU_DRY_RUN), "slurm_dry_run": dry_run(SLURM_DRY_RUN)}
+  data = {"command": "python " + " ".join(sys.argv), "commit": commit, "machine": machine(), "jax": jax.__version__,
+          "libtpu": metadata.version("libtpu"), "rows": [], "tpu_dry_run": dry_run(TPU_DRY_RUN),
+          "slurm_dry_run": dry_run(SLURM_DRY_RUN)}
+  order = [(p, t, c) for p in presets for t in GPUS + TPUS for c in CONFIGS]
+  for preset, topo, name in order:
+    t0 = time.perf_counter()
+    row = plan_lib.plan(get_config(name), plan_lib.parse_target(topo), preset)
+    row.update(config=name, seconds=round(time.perf_counter() - t0, 1))
+    print(plan_lib.format_table([row]).splitlines()[-1], flush=True)
+    data["rows"].append(row)
+    with open(out, "w") as f:
+      json.dump(data, f, indent=1)
+  return data
+
+
+def sentences(rows: list[dict]) -> list[str]:
+  """One verdict sentence per row; a row that does not fit names the first fitting preset/remat of its
+  config and topology (fsdp, fsdp_tp, dp; remat none first) among the rows computed."""
+  from xlm_jax.plan import PRESET_ORDER, REMATS, verdict_sentence
+  out = []
+  for row in rows:
+    fix = ""
+    if row["verdict"] != "fits":
+      same = [r for r in rows if r["config"] == row["config"] and r["topology"] == row["topology"]
+              and r["verdict"] == "fits"]
+      same.sort(key=lambda r: (PRESET_ORDER.index(r["preset"]), REMATS.index(r["remat"])))
+      if same:
+        fix = f"config.mesh.preset={same[0]['preset']} with config.model.remat={same[0]['remat']}"
+    out.append(verdict_sentence(row, fix))
+  return out
 
 
 def render(data: dict) -> str:
@@ -94,7 +106,7 @@ def render(data: dict) -> str:
            "`jax.eval_shape` and the shardings, gradients as large as the parameters, activations from the formula "
            "in `xlm_jax.plan.activation_estimate` (Korthikanti et al. 2022); 32 H100 = the 4 nodes x 8 GPUs of the "
            "SLURM example below.", "", format_table(gpu), "", "Verdicts, one sentence each:", ""]
-  lines += [f"- {s}" for s in data["sentences"]]
+  lines += [f"- {s}" for s in sentences(data["rows"])]
   for key, title in (("tpu_dry_run", "`launch/tpu_pod.sh --dry-run` for a v4-32"),
                      ("slurm_dry_run", "`launch/slurm_gpu.sbatch --dry-run` for 4 nodes x 8 GPUs")):
     d = data[key]
@@ -105,13 +117,11 @@ def render(data: dict) -> str:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--render", action="store_true", help="only re-render docs/scaling.md from the JSON")
-  parser.add_argument("--presets", default="dp,fsdp,fsdp_tp")
+  parser.add_argument("--presets", default="fsdp,fsdp_tp,dp")
   args = parser.parse_args()
   if not args.render:
-    data = compute(args.presets.split(","))
     os.makedirs(os.path.dirname(RESULT), exist_ok=True)
-    with open(RESULT, "w") as f:
-      json.dump(data, f, indent=1)
+    compute(args.presets.split(","), RESULT)
   with open(RESULT) as f:
     data = json.load(f)
   os.makedirs(os.path.dirname(DOC), exist_ok=True)

@@ -32,6 +32,7 @@ GPU_HBM_GIB = {"H100": 80, "H200": 141, "A100": 80, "A100-40": 40, "B200": 180}
 TPU_KINDS = {"v4": ("v4", "megacore", 2), "v5p": ("v5", "megacore", 2), "v5e": ("v5e", "default", 1),
              "v6e": ("v6e", "default", 1)}
 REMATS = ("none", "dots_saveable", "full")
+PRESET_ORDER = ("fsdp", "fsdp_tp", "dp")  # the order in which a fitting alternative is looked for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +247,7 @@ def mlm_positions(cfg, length: int) -> int:
 
 def suggestion(config, target: Target, failed: Mapping[tuple[str, str], dict]) -> str:
   """The first (preset, remat) in order of preference that fits, compiled as needed; '' when none does."""
-  for preset in ("fsdp", "fsdp_tp", "dp"):
+  for preset in PRESET_ORDER:
     for remat in REMATS:
       row = failed.get((preset, remat)) or plan(config, target, preset, remat)
       if row["verdict"] == "fits":
