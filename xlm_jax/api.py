@@ -21,7 +21,6 @@ compiled programs instead of compiling each time; results are cut back to the in
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from typing import Any, Sequence
 
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax import checkpoint as ckpt
+from xlm_jax import paths
 from xlm_jax.errors import UserError
 from xlm_jax.model import Transformer, TransformerConfig
 from xlm_jax.tokenizer import Tokenizer, frame, tokenizer_from_state
@@ -84,7 +84,7 @@ class Bundle:
   def workdir(self) -> str:
     """The run directory the bundle came from (where metrics.jsonl lives)."""
     root = self.meta.get("_root", self.path)
-    return os.path.dirname(root) if os.path.basename(os.path.normpath(root)) == "checkpoints" else root
+    return paths.dirname(root) if paths.basename(root) == "checkpoints" else root
 
   def held_out(self, lang: str, other: str | None = None, split: str = "valid", n: int = 200) -> list:
     """The first `n` sentences of `split` in `lang` from the corpus this bundle was trained on (the run's

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from xlm_jax import paths
 from xlm_jax.errors import UserError
 from xlm_jax.model import layout
 
@@ -28,24 +28,24 @@ TMP_MARKER = ".orbax-checkpoint-tmp"  # how Orbax names a step directory while i
 
 
 def checkpoint_root(path: str) -> str:
-  """`path` itself when it holds step directories, else `path/checkpoints`."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints")
+  """`path` itself when it holds step directories, else `path/checkpoints` (local paths or gs:// URLs)."""
+  path = paths.resolve(path)
+  if paths.isdir(paths.join(path, "checkpoints")):
+    return paths.join(path, "checkpoints")
   return path
 
 
 def _is_step_dir(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, "params")) and os.path.isdir(os.path.join(path, "meta"))
+  return paths.isdir(paths.join(path, "params")) and paths.isdir(paths.join(path, "meta"))
 
 
 def resolve(path: str) -> tuple[str, int]:
   """(checkpoint root, step) for a workdir, a checkpoints directory or one step directory (newest step)."""
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not paths.exists(path):
     raise UserError(f"no checkpoint at {path!r}: the path does not exist.")
-  if _is_step_dir(path) and os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
+  if paths.basename(path).isdigit() and _is_step_dir(path):
+    return paths.dirname(path), int(paths.basename(path))
   root = checkpoint_root(path)
   steps = all_steps(root)
   if not steps:
@@ -54,9 +54,7 @@ def resolve(path: str) -> tuple[str, int]:
 
 
 def all_steps(root: str) -> list[int]:
-  if not os.path.isdir(root):
-    return []
-  return sorted(int(n) for n in os.listdir(root) if n.isdigit() and _is_step_dir(os.path.join(root, n)))
+  return sorted(int(n) for n in paths.listdir(root) if n.isdigit() and _is_step_dir(paths.join(root, n)))
 
 
 def _os_error(e: BaseException) -> OSError | None:
@@ -81,7 +79,7 @@ class Checkpointer:
   """
 
   def __init__(self, root: str, *, keep: int = 3, async_save: bool = True):
-    self.root = os.path.abspath(root)
+    self.root = paths.resolve(root)
     self._keep, self._async = keep, async_save
     self._failed = False
     self._remove_interrupted_saves()
@@ -90,11 +88,10 @@ class Checkpointer:
   def _remove_interrupted_saves(self) -> None:
     """Delete what interrupted saves left behind (Orbax's `<step>.orbax-checkpoint-tmp*` directories): they are
     never complete and never read. Runs before this run saves anything."""
-    import shutil
-    if jax.process_index() == 0 and os.path.isdir(self.root):
-      for name in os.listdir(self.root):
+    if jax.process_index() == 0:
+      for name in paths.listdir(self.root):
         if TMP_MARKER in name:
-          shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+          paths.path(paths.join(self.root, name)).rmtree(missing_ok=True)
     _sync("checkpoint-cleanup")
 
   def _open(self) -> ocp.CheckpointManager:
@@ -134,7 +131,7 @@ class Checkpointer:
   def restore(self, step: int, params_target: Any, train_target: Any = None) -> dict:
     """Restore step `step` onto the targets' shapes and shardings. A checkpoint written with the other layer
     layout (`scan_layers` switched since) is read in its own layout and converted (`xlm_jax.model.layout`)."""
-    stored = layout.is_stacked(_stored_tree(os.path.join(self.root, str(step), "params")))
+    stored = layout.is_stacked(_stored_tree(paths.join(self.root, str(step), "params")))
     wanted = layout.is_stacked(params_target)
     convert = stored is not None and wanted is not None and stored != wanted
     read_as = (lambda t: layout.to_layout(t, stored)) if convert else (lambda t: t)
@@ -166,9 +163,9 @@ class Checkpointer:
         return step, self.restore(step, params_target, train_target)
       except Exception as e:  # noqa: BLE001 - same model, unreadable: a damaged checkpoint
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        aside = os.path.join(self.root, f"corrupt.{step}")
+        aside = paths.join(self.root, f"corrupt.{step}")
         if jax.process_index() == 0:
-          os.replace(os.path.join(self.root, str(step)), aside)
+          paths.path(paths.join(self.root, str(step))).rename(aside)
         _sync(f"checkpoint-aside-{step}")
         print(f"warning: checkpoint step {step} in {self.root} cannot be restored ({reason}); moved it to {aside} "
               "and trying the previous one.", flush=True)
@@ -178,7 +175,7 @@ class Checkpointer:
 
   def _check_same_model(self, step: int, params_target: Any) -> None:
     try:
-      tree = _stored_tree(os.path.join(self.root, str(step), "params"))
+      tree = _stored_tree(paths.join(self.root, str(step), "params"))
     except Exception:  # noqa: BLE001 - unreadable metadata: a damaged checkpoint, not another model
       return
     if not tree_paths(tree):  # unreadable metadata: a damaged checkpoint
@@ -188,7 +185,7 @@ class Checkpointer:
     stored, wanted = layout.is_stacked(tree), layout.is_stacked(params_target)
     if stored is not None and wanted is not None and stored != wanted:  # the other layer layout: restore converts
       params_target = layout.to_layout(params_target, stored)
-    check_same_shapes(params_target, tree, f"the checkpoint {os.path.join(self.root, str(step))} is of a different "
+    check_same_shapes(params_target, tree, f"the checkpoint {paths.join(self.root, str(step))} is of a different "
                       "model than this run's config (use another --workdir)")
 
   def wait(self):
@@ -222,13 +219,12 @@ def _sync(name: str) -> None:
 def read_meta(path: str) -> dict:
   """The meta JSON of a bundle (newest step of a workdir), checked for the bundle format."""
   root, step = resolve(path)
-  meta_file = os.path.join(root, str(step), "meta", "metadata")
-  if not os.path.isfile(meta_file):
-    raise UserError(f"checkpoint {os.path.join(root, str(step))!r} has no metadata; it is not an xlm_jax bundle.")
-  with open(meta_file) as f:
-    meta = json.load(f)
+  meta_file = paths.join(root, str(step), "meta", "metadata")
+  if not paths.isfile(meta_file):
+    raise UserError(f"checkpoint {paths.join(root, str(step))!r} has no metadata; it is not an xlm_jax bundle.")
+  meta = json.loads(paths.read_text(meta_file))
   if meta.get("format") != BUNDLE_FORMAT:
-    raise UserError(f"checkpoint {os.path.join(root, str(step))!r} has bundle format {meta.get('format')!r}; this "
+    raise UserError(f"checkpoint {paths.join(root, str(step))!r} has bundle format {meta.get('format')!r}; this "
                     f"version of xlm_jax reads {BUNDLE_FORMAT!r}.")
   meta["_step"] = step
   meta["_root"] = root
@@ -242,7 +238,7 @@ def restore_params(path: str, target: Any = None) -> tuple[Any, dict]:
   root, step = meta["_root"], meta["_step"]
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax warns about item-level metadata it does not need
   checkpointer = ocp.StandardCheckpointer()
-  params_dir = os.path.join(root, str(step), "params")
+  params_dir = paths.join(root, str(step), "params")
   stored_tree = _stored_tree(params_dir)
   stored = layout.is_stacked(stored_tree)
   if target is None:  # host arrays, always in the unrolled layout (what inference and NMT seeding build)

@@ -102,8 +102,10 @@ def run_task(config, workdir: str | None, print_config: bool = False) -> int:
     return 0
   if not workdir:
     fail("--workdir is required.")
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  check_workdir(workdir)
+  from xlm_jax import paths
+  workdir = paths.resolve(workdir)  # gs://... stays a URL; local paths become absolute
+  if not paths.is_remote(workdir):
+    check_workdir(workdir)
   try:
     enable_compilation_cache(config.compilation_cache_dir)
     from xlm_jax import parallel

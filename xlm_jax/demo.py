@@ -12,11 +12,11 @@ Both checkpoints open with `xlm_jax.load(...)`. Re-running the command resumes w
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
 
+from xlm_jax import paths
 from xlm_jax.train import nmt, pretrain
 
 HELD_OUT = 500        # held-out sentences (and pairs) per measurement
@@ -60,7 +60,7 @@ def held_out_figures(bundle_dir: str, seed: int = 0) -> dict:
 
 def run(config, workdir: str) -> dict:
   start = time.time()
-  pre_dir, nmt_dir = os.path.join(workdir, "pretrain"), os.path.join(workdir, "nmt")
+  pre_dir, nmt_dir = paths.join(workdir, "pretrain"), paths.join(workdir, "nmt")
   pre = config.copy_and_resolve_references()
   with pre.unlocked():
     pre.task = "pretrain"
@@ -105,6 +105,5 @@ def run(config, workdir: str) -> dict:
   result = {"seconds": time.time() - start, "pretraining_seconds": pre_seconds, **figures,
             "training_eval": {k: v for k, v in metrics.items() if not isinstance(v, str)},
             "bleu": {k[5:]: v for k, v in numbers.items() if k.startswith("bleu_")}}
-  with open(os.path.join(workdir, "demo.json"), "w") as f:
-    json.dump(result, f, indent=1, ensure_ascii=False)
+  paths.write_text(paths.join(workdir, "demo.json"), json.dumps(result, indent=1, ensure_ascii=False))
   return {**metrics, **{f"nmt/{k}": v for k, v in nmt_metrics.items()}}

@@ -21,12 +21,14 @@ def open_text(path: str | os.PathLike, errors: str = "strict"):
   """Open a UTF-8 text file (a leading byte-order mark is dropped), gzip-compressed when the name ends in .gz.
 
   Universal newlines: a line ends at \\n, \\r\\n or a lone \\r. `errors` is the codec error policy."""
+  from xlm_jax import paths
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise UserError(f"file {path!r} does not exist.")
+  raw = paths.path(path).open("rb") if paths.is_remote(path) else open(path, "rb")
   if path.endswith(".gz"):
-    return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors=errors)
-  return open(path, encoding="utf-8-sig", errors=errors)
+    raw = gzip.GzipFile(fileobj=raw, mode="rb")
+  return io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors)
 
 
 def _not_utf8(path: str, lineno: int, line: str) -> UserError:

@@ -24,9 +24,9 @@ import dataclasses
 import functools
 import hashlib
 import itertools
-import os
 from typing import Callable, Iterator, Sequence
 
+from xlm_jax import paths
 from xlm_jax.errors import UserError
 from xlm_jax.io_utils import count_lines, read_lines
 
@@ -36,18 +36,18 @@ Texts = Callable[[], Iterator]
 
 def _find(folder: str, stem: str) -> str | None:
   for name in (stem, stem + ".gz"):
-    path = os.path.join(folder, name)
-    if os.path.exists(path):
+    path = paths.join(folder, name)
+    if paths.exists(path):
       return path
   return None
 
 
-def file_fingerprint(paths: Sequence[str]) -> str:
+def file_fingerprint(files: Sequence[str]) -> str:
   """Identity of input files for caching: path, size and modification time (not content: corpora are big)."""
   h = hashlib.sha256()
-  for p in paths:
-    st = os.stat(p)
-    h.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+  for p in files:
+    st = paths.path(p).stat()
+    h.update(f"{paths.resolve(p)}|{st.length}|{st.mtime}\n".encode())
   return h.hexdigest()[:16]
 
 
@@ -104,8 +104,7 @@ class LocalFolder:
     """Languages with a monolingual file for `split`."""
     prefix = self._prefix(split) + "."
     found = set()
-    if os.path.isdir(self.folder):
-      for name in os.listdir(self.folder):
+    for name in paths.listdir(self.folder):
         stem = name[:-3] if name.endswith(".gz") else name
         rest = stem[len(prefix):]
         if stem.startswith(prefix) and rest and "-" not in rest and "." not in rest:
@@ -115,8 +114,7 @@ class LocalFolder:
   def pairs(self, split: str = "train") -> list[tuple[str, str]]:
     prefix = self._prefix(split) + "."
     found = set()
-    if os.path.isdir(self.folder):
-      for name in os.listdir(self.folder):
+    for name in paths.listdir(self.folder):
         stem = name[:-3] if name.endswith(".gz") else name
         rest = stem[len(prefix):].split(".")
         if stem.startswith(prefix) and len(rest) == 2 and rest[0].count("-") == 1:
@@ -124,7 +122,7 @@ class LocalFolder:
     return sorted(found)
 
   def _check_folder(self) -> None:
-    if not os.path.isdir(self.folder):
+    if not paths.isdir(self.folder):
       raise UserError(f"corpus folder {self.folder!r} does not exist; set config.data.corpus to a folder of "
                       "{split}.{lang} text files or to 'generated'.")
 
@@ -141,22 +139,22 @@ class LocalFolder:
     if path is None:
       raise UserError(f"no file {self._prefix(split)}.{lang}[.gz] in {self.folder!r}: unknown language {lang!r} for "
                       f"this corpus (it has {self.languages(split) or 'no languages'}); fix config.data.languages.")
-    if os.path.getsize(path) == 0:
+    if paths.path(path).stat().length == 0:
       raise UserError(f"corpus file {path!r} is empty; give it text or remove {lang!r} from the languages.")
     return path
 
   def check_para(self, split: str, l1: str, l2: str) -> tuple[str, str]:
     self._check_folder()
-    paths = self.para_paths(split, l1, l2)
-    if paths is None:
+    files = self.para_paths(split, l1, l2)
+    if files is None:
       a, b = sorted((l1, l2))
       raise UserError(f"no parallel data for {l1}-{l2} in {self.folder!r} (expected {self._prefix(split)}.{a}-{b}.{a} "
                       f"and .{b}{' or aligned monolingual files' if self.aligned else ''}); remove {l1}-{l2} from the "
                       "step specs or add the files.")
-    for p in paths:
-      if os.path.getsize(p) == 0:
+    for p in files:
+      if paths.path(p).stat().length == 0:
         raise UserError(f"corpus file {p!r} is empty.")
-    return paths
+    return files
 
   def validate_para(self, split: str, l1: str, l2: str) -> None:
     """A full pass over both files: equal line counts (run before preparing, not on every start)."""
@@ -358,7 +356,8 @@ def generated_corpus(workdir: str, languages: Sequence[str], seed: int, sizes: d
     raise UserError(f"the generated corpus has no language(s) {unknown}; it has {list(synthetic.LANGUAGES)}. "
                     "Fix config.data.languages.")
   from xlm_jax.parallel import process_zero_first
-  out = os.path.join(workdir, "corpus")
+  # a remote workdir gets the (local) generated corpus beside its prepared data
+  out = paths.join(paths.data_cache_dir("", workdir) if paths.is_remote(workdir) else workdir, "corpus")
   process_zero_first(lambda: synthetic.generate_corpus(out, languages=tuple(sorted(languages)), seed=seed,
                                                        **(sizes or {})), "generated-corpus")
   return LocalFolder(out)
@@ -390,6 +389,6 @@ def make_corpus(spec: str, *, workdir: str, languages: Sequence[str], seed: int,
     elif item.startswith("tfds:"):
       sources.append(TfdsSource(item[len("tfds:"):], tfds_data_dir or None))
     else:
-      sources.append(LocalFolder(os.path.abspath(os.path.expanduser(item)), aligned=aligned,
+      sources.append(LocalFolder(paths.resolve(item), aligned=aligned,  # a folder or a gs:// URL
                                  split_names=parse_split_names(split_names)))
   return Corpus(sources)

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from xlm_jax import checkpoint as ckpt
-from xlm_jax import parallel
+from xlm_jax import parallel, paths
 from xlm_jax.errors import UserError
 from xlm_jax.train import flops as flops_lib
 from xlm_jax.train.metrics import MetricsWriter, Profiler, format_metrics
@@ -308,7 +308,8 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
                       device_prefetch=config.data.device_prefetch)
     # every process records the checksums of its own rows (process i > 0 in batch_checksums.process<i>.jsonl)
     suffix = f".process{jax.process_index()}" if jax.process_index() else ""
-    checksums = open(f"{workdir}/batch_checksums{suffix}.jsonl", "a") if config.log.batch_checksums else None
+    checksums = paths.AppendFile(paths.join(workdir, f"batch_checksums{suffix}.jsonl")) \
+        if config.log.batch_checksums else None
     pending = None  # (step, metrics on device, flops, tokens, host batch) of the previous step
     window = {"t0": None, "steps": 0, "flops": 0.0, "tokens": 0, "sums": {}}
     last_eval: dict[str, float] = {}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Any, Mapping
 
 import jax
+
+from xlm_jax import paths
 
 
 class MetricsWriter:
@@ -26,19 +27,30 @@ class MetricsWriter:
     self._jsonl = None
     self._tb = None
     self._bar = None
+    self._tb_mirror = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    paths.makedirs(workdir)
+    self._jsonl = paths.AppendFile(paths.join(workdir, "metrics.jsonl"))
     try:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      tb_dir = paths.join(workdir, "tensorboard")
+      if paths.is_remote(workdir):  # event files are appended to: write them locally, upload on every flush
+        local = paths.join(paths.data_cache_dir("", workdir), "tensorboard")
+        self._tb_mirror = paths.Mirror(local, tb_dir)
+        tb_dir = local
+      self._tb = SummaryWriter(tb_dir)
     except ImportError:  # TensorBoard files are optional; the JSONL file is always written
       self._tb = None
     if progress_bar:
       from tqdm import tqdm
       self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr,
                        mininterval=1.0, smoothing=0.1, disable=None)
+
+  def _flush_tb(self) -> None:
+    self._tb.flush()
+    if self._tb_mirror is not None:
+      self._tb_mirror.sync()
 
   def _record(self, record: dict) -> None:
     self._jsonl.write(json.dumps(record) + "\n")
@@ -49,7 +61,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with paths.path(paths.join(workdir, "config.json")).open("w") as f:
       json.dump(values, f, indent=1, sort_keys=True, default=str)
     self._record({"step": int(info.get("step", 0)), "kind": "start", "time": time.time(), **info})
     if self._tb is not None:
@@ -59,7 +71,7 @@ class MetricsWriter:
       flat.update({f"run.{k}": v for k, v in info.items() if isinstance(v, (bool, int, float, str))})
       for summary in hparams(flat, {"eval/loss": 0.0, "train/loss": 0.0}):
         self._tb.file_writer.add_summary(summary)
-      self._tb.flush()
+      self._flush_tb()
 
   def write(self, step: int, metrics: Mapping[str, Any], prefix: str) -> None:
     """Scalars under `prefix/name`; string values go to `text` under the same tag."""
@@ -72,7 +84,7 @@ class MetricsWriter:
     if self._tb is not None:
       for k, v in clean.items():
         self._tb.add_scalar(f"{prefix}/{k}", v, step)
-      self._tb.flush()
+      self._flush_tb()
     for k, v in texts.items():
       self.text(step, f"{prefix}/{k}", v)
 
@@ -83,7 +95,7 @@ class MetricsWriter:
     self._record({"step": int(step), "kind": "text", "time": time.time(), "tag": tag, "text": text})
     if self._tb is not None:
       self._tb.add_text(tag, text, step)
-      self._tb.flush()
+      self._flush_tb()
 
   def progress(self, n: int = 1, **postfix) -> None:
     if self._bar is not None:
@@ -104,6 +116,8 @@ class MetricsWriter:
       self._bar.close()
     if self._tb is not None:
       self._tb.close()
+      if self._tb_mirror is not None:
+        self._tb_mirror.sync()
     if self._jsonl is not None:
       self._jsonl.close()
 
@@ -142,7 +156,7 @@ class Profiler:
 
   def __init__(self, spec: str, workdir: str):
     self.start_step = self.stop_step = -1
-    self.directory = os.path.join(workdir, "profile")
+    self.directory = paths.join(workdir, "profile")
     self.active = False
     if spec:
       try:

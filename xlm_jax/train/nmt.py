@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping
 
 import jax
@@ -27,14 +26,13 @@ import numpy as np
 
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import decode as decode_lib
-from xlm_jax import parallel
+from xlm_jax import parallel, paths
 from xlm_jax.config_base import parse_languages
 from xlm_jax.data.noise import NoiseConfig
 from xlm_jax.data.mixture import BuiltIn, Entry, Mixture, StepSpec, objectives, parse_nmt_steps
 from xlm_jax.data.rows import BtRows, PairIndex, TranslationRows
 from xlm_jax.errors import UserError
 from xlm_jax.evaluate import bleu
-from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import EncoderDecoder, TransformerConfig, forward_flops_per_token, init_encoder_decoder
 from xlm_jax.tokenizer import tokenizer_from_state
 from xlm_jax.train import pretrain
@@ -317,7 +315,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
       raise UserError(f"workdir {workdir!r} holds a checkpoint of a different model "
                       f"({'; '.join(differ) or 'task ' + repr(existing.get('task'))}); use another --workdir.")
   lang2id = {l: i for i, l in enumerate(languages)}
-  cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
+  cache_dir = paths.data_cache_dir(config.data.cache_dir, workdir)  # local even for a gs:// workdir
   para = {p: pretrain.prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len,
                                    splits=("train", "valid", "test") if p in eval_pairs else ("train",))
           for p in sorted(set(pairs) | set(eval_pairs))}
@@ -339,15 +337,14 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
 
   init = lambda rng: init_encoder_decoder(enc_cfg, dec_cfg, rng)
 
-  table_path = os.path.join(workdir, "init_table.txt")
+  table_path = paths.join(workdir, "init_table.txt")
 
   def init_from(params):
     placed, table = seed_params(params, enc_src, dec_src, config.init)
     text = format_table(table)
     if jax.process_index() == 0:
       print(text.splitlines()[0] + f" (full table: {table_path})", flush=True)
-      with atomic_write(table_path) as f:
-        f.write(text + "\n")
+      paths.write_text(table_path, text + "\n")
     return placed
 
   references = {}

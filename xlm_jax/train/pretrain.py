@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from typing import Any, Mapping
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlm_jax import checkpoint as ckpt
-from xlm_jax import parallel
+from xlm_jax import parallel, paths
 from xlm_jax.config_base import parse_languages
 from xlm_jax.data import sources as sources_lib
 from xlm_jax.data.masking import MaskingConfig, frequency_scores
@@ -23,7 +22,6 @@ from xlm_jax.data.mixture import Entry, Mixture, NextTokenTargets, StepSpec, mlm
 from xlm_jax.data.prepare import PreparedText, prepare
 from xlm_jax.data.rows import PairIndex, StreamRows, TlmRows
 from xlm_jax.errors import UserError
-from xlm_jax.io_utils import atomic_write
 from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
 from xlm_jax.samples import fill_in_samples
 from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state, train_sentencepiece
@@ -54,7 +52,7 @@ def bundle_meta(config, cfg: TransformerConfig, languages: list[str], tokenizer:
 
 
 def existing_meta(workdir: str) -> dict | None:
-  root = os.path.join(workdir, "checkpoints")
+  root = paths.join(workdir, "checkpoints")
   if ckpt.all_steps(root):
     return ckpt.read_meta(workdir)
   return None
@@ -108,22 +106,21 @@ def load_tokenizer(path: str) -> Tokenizer:
 
   Raises a `UserError` naming `config.data.tokenizer` when the path does not exist or the file is not a saved
   tokenizer state."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.exists(path):
+  path = paths.resolve(path)
+  if not paths.exists(path):
     raise UserError(f"config.data.tokenizer={path!r} does not exist; point it at a tokenizer.json, a workdir or a "
                     "checkpoint, or leave it empty to train a tokenizer.")
-  if os.path.isfile(path):
+  if paths.isfile(path):
     try:
-      with open(path, encoding="utf-8") as f:
-        state = json.load(f)
+      state = json.loads(paths.read_text(path))
       if not isinstance(state, dict):
         raise ValueError("not a JSON object")
       return tokenizer_from_state(state)
     except (ValueError, KeyError, RuntimeError) as e:  # bad JSON, missing field, bad model bytes
       raise UserError(f"config.data.tokenizer={path!r} is not a saved xlm_jax tokenizer ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}); use the tokenizer.json of a workdir.") from None
-  if os.path.isfile(os.path.join(path, "tokenizer.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
-    return load_tokenizer(os.path.join(path, "tokenizer.json"))
+  if paths.isfile(paths.join(path, "tokenizer.json")) and not paths.isdir(paths.join(path, "checkpoints")):
+    return load_tokenizer(paths.join(path, "tokenizer.json"))
   return tokenizer_from_state(ckpt.read_meta(path)["tokenizer"])
 
 
@@ -139,12 +136,11 @@ def get_tokenizer(config, workdir: str, corpus, languages: list[str], meta: Mapp
     origin = f"the tokenizer {config.data.tokenizer!r} (config.data.tokenizer)"
   else:
     origin = "the workdir's tokenizer.json"
-    path = os.path.join(workdir, "tokenizer.json")
+    path = paths.join(workdir, "tokenizer.json")
 
     def train_or_read() -> Tokenizer:
-      if os.path.exists(path):
-        with open(path) as f:
-          found = tokenizer_from_state(json.load(f))
+      if paths.exists(path):
+        found = tokenizer_from_state(json.loads(paths.read_text(path)))
         langs = sorted(getattr(found, "languages", ()) or ())
         if found.vocab_size != config.data.vocab_size or langs != sorted(languages):
           raise UserError(f"{path} is another run's tokenizer (vocab_size {found.vocab_size}, languages {langs}); "
@@ -154,8 +150,7 @@ def get_tokenizer(config, workdir: str, corpus, languages: list[str], meta: Mapp
       texts = {lang: line_window(corpus.mono("train", lang), windows.get(lang)) for lang in languages}
       trained = train_sentencepiece(texts, config.data.vocab_size, alpha=config.data.tokenizer_alpha,
                                     n_sentences=config.data.tokenizer_sentences, seed=config.seed)
-      with atomic_write(path) as f:
-        json.dump(trained.state(), f)
+      paths.write_text(path, json.dumps(trained.state()))
       return trained
 
     tok = parallel.process_zero_first(train_or_read, "tokenizer")
@@ -346,7 +341,7 @@ def build_task(config, workdir: str, mesh, corpus=None) -> tuple[TrainTask, dict
       corpus.para(split, a, b)
   tokenizer = get_tokenizer(config, workdir, corpus, languages, meta, windows)
   masking = masking_config(config, tokenizer)
-  cache_dir = config.data.cache_dir or os.path.join(workdir, "data")
+  cache_dir = paths.data_cache_dir(config.data.cache_dir, workdir)  # local even for a gs:// workdir
   lang2id = {l: i for i, l in enumerate(languages)}
   # pairs first: their alignment check (a full pass over both files) fails before the monolingual data is prepared
   workers = int(config.data.prepare_workers)
