@@ -107,6 +107,15 @@ def render(data: dict) -> str:
            "in `xlm_jax.plan.activation_estimate` (Korthikanti et al. 2022); 32 H100 = the 4 nodes x 8 GPUs of the "
            "SLURM example below.", "", format_table(gpu), "", "Verdicts, one sentence each:", ""]
   lines += [f"- {s}" for s in sentences(data["rows"])]
+  done = {(r["config"], r["topology"], r["preset"]) for r in data["rows"]}
+  missing = [f"{c} on {t} with {p}" for p in ("fsdp", "fsdp_tp", "dp") for t in GPUS + TPUS for c in CONFIGS
+             if (c, t, p) not in done]
+  seconds = [r["seconds"] for r in tpu if "seconds" in r]
+  if seconds:
+    lines += ["", f"Each TPU compile took {min(seconds):.0f}-{max(seconds):.0f} s of wall time here (2 shared cores)."]
+  if missing:
+    lines += ["", f"**Not computed** (the run was stopped before reaching them; `benchmarks/scaling_plan.py` computes "
+              f"them in this order): {'; '.join(missing)}."]
   for key, title in (("tpu_dry_run", "`launch/tpu_pod.sh --dry-run` for a v4-32"),
                      ("slurm_dry_run", "`launch/slurm_gpu.sbatch --dry-run` for 4 nodes x 8 GPUs")):
     d = data[key]
