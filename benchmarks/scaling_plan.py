@@ -45,7 +45,7 @@ def dry_run(spec) -> dict:
           "output": proc.stdout, "returncode": proc.returncode}
 
 
-def compute(presets, out: str) -> dict:
+def compute(presets, out: str, resume: bool = False) -> dict:
   """Plan every (config, topology, preset), the most informative rows first; the JSON is rewritten after each row,
   so an interrupted run still renders the rows it has."""
   import jax
@@ -56,8 +56,16 @@ def compute(presets, out: str) -> dict:
   data = {"command": "python " + " ".join(sys.argv), "commit": commit, "machine": machine(), "jax": jax.__version__,
           "libtpu": metadata.version("libtpu"), "rows": [], "tpu_dry_run": dry_run(TPU_DRY_RUN),
           "slurm_dry_run": dry_run(SLURM_DRY_RUN)}
+  if resume and os.path.exists(out):  # keep the rows of an earlier run (their commits are listed), plan the rest
+    with open(out) as f:
+      earlier = json.load(f)
+    data["rows"] = earlier["rows"]
+    data["earlier_commits"] = sorted(set(earlier.get("earlier_commits", []) + [earlier["commit"]]))
+  done = {(r["config"], r["topology"], r["preset"]) for r in data["rows"]}
   order = [(p, t, c) for p in presets for t in GPUS + TPUS for c in CONFIGS]
   for preset, topo, name in order:
+    if (name, topo, preset) in done:
+      continue
     t0 = time.perf_counter()
     row = plan_lib.plan(get_config(name), plan_lib.parse_target(topo), preset)
     row.update(config=name, seconds=round(time.perf_counter() - t0, 1))
@@ -91,8 +99,9 @@ def render(data: dict) -> str:
   gpu = [r for r in data["rows"] if r["estimate"]]
   lines = ["# Scaling: will it fit, and how to launch it", "",
            "Rendered by `benchmarks/scaling_plan.py` from `benchmarks/results/scaling_plan.json`; do not edit by hand.",
-           "", f"Command: `{data['command']}` at commit `{data['commit'][:10]}`, jax {data['jax']}, "
-           f"libtpu {data['libtpu']}.", f"Machine: {data['machine']} (no TPU, no GPU).", "",
+           "", f"Command: `{data['command']}` at commit `{data['commit'][:10]}`"
+           + (f" (earlier rows: commit {', '.join(c[:10] for c in data['earlier_commits'])})"
+              if data.get("earlier_commits") else "") + f", jax {data['jax']}, libtpu {data['libtpu']}.", f"Machine: {data['machine']} (no TPU, no GPU).", "",
            "## Per-device memory of one training step (`python -m xlm_jax.plan`)", "",
            "TPU rows: the real pretraining step (model, masked-LM loss, AdamW, gradient clipping, donated state) "
            "compiled on this machine for the topology with `jax.experimental.topologies` and libtpu; bytes from the "
@@ -127,10 +136,11 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--render", action="store_true", help="only re-render docs/scaling.md from the JSON")
   parser.add_argument("--presets", default="fsdp,fsdp_tp,dp")
+  parser.add_argument("--resume", action="store_true", help="keep the rows already in the JSON, plan the rest")
   args = parser.parse_args()
   if not args.render:
     os.makedirs(os.path.dirname(RESULT), exist_ok=True)
-    compute(args.presets.split(","), RESULT)
+    compute(args.presets.split(","), RESULT, args.resume)
   with open(RESULT) as f:
     data = json.load(f)
   os.makedirs(os.path.dirname(DOC), exist_ok=True)

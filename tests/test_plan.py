@@ -23,6 +23,13 @@ def test_topology_names():
       plan.parse_target(bad)
 
 
+def test_compiler_refusal_is_a_verdict():
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (34.43G) "
+             "exceeds available HBM (30.75G).")
+  assert plan.oom_temporaries(message) == int(34.43 * 1024 ** 3)
+  assert plan.oom_temporaries("INVALID_ARGUMENT: something else") is None
+
+
 def test_gpu_estimate_and_verdicts():
   config = tiny_config(**{"data.batch_size": 8})
   row = plan.plan(config, plan.parse_target("4xH100"), "fsdp")

@@ -203,8 +203,17 @@ def plan(config, target: Target, preset: str, remat: str | None = None) -> dict:
   if target.platform == "tpu":
     step = jax.jit(make_train_step(loss, tx, schedule, accumulate), in_shardings=(shardings, data_sharding),
                    out_shardings=(shardings, None), donate_argnums=0)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      compiled = step.lower(target_state, batch).compile()
+    try:
+      with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        compiled = step.lower(target_state, batch).compile()
+    except Exception as e:  # noqa: BLE001 - the TPU compiler refuses a step that cannot fit in HBM
+      needed = oom_temporaries(str(e))
+      if needed is None:
+        raise
+      row.update(temp_bytes=needed, compile_error=str(e).splitlines()[0][:300])
+      row["total_bytes"] = row["params_bytes"] + row["opt_state_bytes"] + row["batch_bytes"] + needed
+      row["verdict"] = f"short by {max(row['total_bytes'] - target.hbm_bytes, 0) / GIB:.1f} GiB"
+      return row
     stats = compiled.memory_analysis()
     row.update(argument_bytes=int(stats.argument_size_in_bytes), temp_bytes=int(stats.temp_size_in_bytes),
                output_bytes=int(stats.output_size_in_bytes), alias_bytes=int(stats.alias_size_in_bytes),
@@ -219,6 +228,15 @@ def plan(config, target: Target, preset: str, remat: str | None = None) -> dict:
   short = row["total_bytes"] - target.hbm_bytes
   row["verdict"] = "fits" if short <= 0 else f"short by {short / GIB:.1f} GiB"
   return row
+
+
+def oom_temporaries(message: str) -> int | None:
+  """Bytes of temporaries from the TPU compiler's refusal ('... HLO temporaries (34.43G) exceeds available HBM
+  (30.75G)'), or None when `message` is another error."""
+  m = re.search(r"RESOURCE_EXHAUSTED.*?temporaries \(([\d.]+)([KMGT])\)", message, re.S)
+  if not m:
+    return None
+  return int(float(m.group(1)) * 1024 ** "KMGT".index(m.group(2)) * 1024)
 
 
 def activation_estimate(cfg, rows_per_device: float, length: int, mesh_tensor: int = 1) -> int:
