@@ -107,7 +107,8 @@ def render(data: dict) -> str:
            "compiled on this machine for the topology with `jax.experimental.topologies` and libtpu; bytes from the "
            "compiled step's memory analysis. `params`, `opt state` and `batch` are the argument bytes one device "
            "holds (from the shardings), `temporaries` the activations and workspace XLA allocates, "
-           "`outputs-aliased` the outputs not written into donated inputs; `total` adds the generated code. HBM is "
+           "`outputs-aliased` the outputs not written into donated inputs; `total` adds the generated code; `rows/shard` is "
+           "the batch rows per data x fsdp shard (the `tensor` devices of a shard share its rows). HBM is "
            "the vendor's per-chip figure. The paper configs use their defaults: global batch 512 rows of 256 "
            "tokens, bfloat16 matmuls, float32 weights and Adam moments, scanned layers.", "",
            format_table(tpu), "",
@@ -121,7 +122,7 @@ def render(data: dict) -> str:
              if (c, t, p) not in done]
   seconds = [r["seconds"] for r in tpu if "seconds" in r]
   if seconds:
-    lines += ["", f"Each TPU compile took {min(seconds):.0f}-{max(seconds):.0f} s of wall time here (2 shared cores)."]
+    lines += ["", f"Each TPU compile (or the compiler's out-of-memory refusal) took {min(seconds):.0f}-{max(seconds):.0f} s of wall time here (2 shared cores)."]
   if missing:
     lines += ["", f"**Not computed** (the run was stopped before reaching them; `benchmarks/scaling_plan.py` computes "
               f"them in this order): {'; '.join(missing)}."]

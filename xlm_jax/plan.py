@@ -276,7 +276,7 @@ def suggestion(config, target: Target, failed: Mapping[tuple[str, str], dict]) -
 def format_table(rows: list[dict]) -> str:
   """A markdown table of plan rows (GiB per device)."""
   g = lambda b: "-" if b is None else f"{b / GIB:.2f}"
-  head = ("| config | topology | preset (mesh) | remat | batch/device | params | opt state | batch | "
+  head = ("| config | topology | preset (mesh) | remat | rows/shard | params | opt state | batch | "
           "temporaries | outputs-aliased | total | HBM | verdict |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
