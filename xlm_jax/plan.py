@@ -94,6 +94,8 @@ def _user_error(message: str):
 def topology_devices(target: Target):
   """The devices of a TPU slice, from libtpu's topology description (no TPU needed)."""
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  # compiling only: let several planner processes share libtpu (else the second fails on /tmp/libtpu_lockfile)
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies
     return list(topologies.get_topology_desc(platform="tpu", topology_name=target.topology,
