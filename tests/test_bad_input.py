@@ -51,6 +51,29 @@ def test_workdir_that_cannot_be_a_directory(tmp_path):
   assert blocker.read_text() == "mine"
 
 
+def unwritable_directory(tmp_path) -> str:
+  """A directory this process cannot create entries in: mode 0555 for an ordinary user; for root (whom modes do
+  not stop) /sys, which refuses new entries to everyone."""
+  if os.geteuid() != 0:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    return str(locked)
+  try:
+    os.mkdir("/sys/xlm_jax_probe")
+  except OSError:
+    return "/sys"
+  os.rmdir("/sys/xlm_jax_probe")
+  pytest.skip("running as root on a machine whose /sys accepts new directories: no unwritable directory to use")
+
+
+def test_unwritable_workdir_is_one_sentence(tmp_path):
+  parent = unwritable_directory(tmp_path)
+  before = sorted(os.listdir(parent))
+  line = error_line(cli("--config=configs/demo.py", f"--workdir={parent}/run"))
+  assert f"--workdir={parent}/run is not writable" in line and "choose another --workdir" in line
+  assert sorted(os.listdir(parent)) == before  # the probe left nothing behind
+
+
 def build(tmp_path, **overrides):
   from xlm_jax import parallel
   from xlm_jax.train import pretrain

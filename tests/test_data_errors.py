@@ -292,3 +292,37 @@ def test_a_corpus_file_that_changes_while_it_is_prepared_is_refused(tmp_path):
     prepare("t", str(tmp_path / "cache"), {"train": lines}, n_fields=1, encode=lambda t: [7] * len(t.split()),
             unk_id=3, eos_id=1, fingerprint={"x": 1}, input_files=[str(path)])
   assert not [p for p in (tmp_path / "cache").iterdir() if p.name.endswith("manifest.json")]
+
+
+def test_a_one_megabyte_line(tmp_path, corpus_dir, tokenizer_xa_xb):
+  """A 1 MB line: a monolingual stream keeps it whole (streams have no sentence limit, as in the reference); a
+  parallel file drops the pair as too long and counts it; every other line is kept exactly."""
+  tok = load_tokenizer(tokenizer_xa_xb)
+  folder = copy_folder(tmp_path / "c", corpus_dir, pairs=("xa-xb",))
+  mono_path = os.path.join(folder, "train.xa")
+  mono_lines = open(mono_path, encoding="utf-8").read().splitlines()
+  huge = " ".join(mono_lines)
+  huge = (huge + " ") * (1_000_000 // (len(huge) + 1) + 1)
+  huge = huge[:1_000_000].rsplit(" ", 1)[0]
+  assert len(huge.encode("utf-8")) > 990_000
+  mono_lines[9] = huge
+  with open(mono_path, "w", encoding="utf-8") as f:
+    f.write("\n".join(mono_lines) + "\n")
+  pair_path = os.path.join(folder, "train.xa-xb.xb")
+  pair_lines = open(pair_path, encoding="utf-8").read().splitlines()
+  pair_lines[4] = huge
+  with open(pair_path, "w", encoding="utf-8") as f:
+    f.write("\n".join(pair_lines) + "\n")
+
+  corpus = Corpus([LocalFolder(folder)])
+  mono = prepare_mono(corpus, "xa", tok, str(tmp_path / "cache"))
+  split = mono.manifest["splits"]["train"]
+  assert split["sentences"] == len(mono_lines) and split["dropped"] == {"empty": 0, "too_long": 0}
+  assert int(mono.lengths("train")[9]) == len(tok.encode(huge))
+  assert int(mono.lengths("train")[10]) == len(tok.encode(mono_lines[10]))
+
+  para = prepare_para(corpus, "xa", "xb", tok, str(tmp_path / "cache"), max_len=256)
+  split = para.manifest["splits"]["train"]
+  assert split["dropped"]["too_long"] == 1 and split["sentences"] == len(pair_lines) - 1
+  report = data_report([para], {}, 256)
+  assert "dropped 1 longer than max_len=256 tokens" in report[0]

@@ -19,9 +19,11 @@ def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
   match = re.search(r"held-out MLM perplexity ([0-9.]+), accuracy ([0-9.]+)", proc.stdout)
   assert match, proc.stdout
   ppl, acc = float(match.group(1)), float(match.group(2))
-  assert 1.0 < ppl < 1000 and 0.0 <= acc <= 1.0
-  if FULL:  # the real demo learns: far below an untrained model's perplexity (about the vocabulary size, 1000)
-    assert ppl < 100 and acc > 0.3
+  # Better than guessing uniformly over the vocabulary (300 in the short form, 1000 in the demo config), which is
+  # where an untrained model starts; the short form stops long before the unigram baseline, the full demo must
+  # reach twice it (issue #12's bar, checked on the summary below).
+  vocab = 1000 if FULL else 300
+  assert 1.0 < ppl < vocab and 0.0 <= acc <= 1.0
   bleu = re.findall(r"held-out BLEU (xa-xb|xb-xa): ([0-9.]+)", proc.stdout)
   assert sorted(d for d, _ in bleu) == ["xa-xb", "xb-xa"], proc.stdout
   if FULL:
@@ -30,6 +32,8 @@ def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
   s = figures["summary"]
   assert sorted(figures["mlm"]) == ["xa", "xb", "xc"] and len(figures["tlm"]) == 6
   assert 0.0 <= s["unigram_acc"] <= 1.0 and s["unigram_ppl"] > 1.0 and figures["mlm"]["xa"]["n_masked"] > 0
+  if FULL:
+    assert s["mlm_acc"] >= 2 * s["unigram_acc"], s
   assert re.search(r"held-out MLM accuracy [0-9.]+ vs unigram baseline [0-9.]+", proc.stdout), proc.stdout
   assert all(len(f) >= 1 and f[0]["masked"].count("<mask>") == 1 for f in figures["fill_ins"].values())
   assert 0 <= s["tlm_pairs_skipped"] and all(0.0 <= t["with_context_acc"] <= 1.0 for t in figures["tlm"].values())

@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import sys
+import tempfile
 from typing import Sequence
 
 from absl import flags
@@ -72,7 +73,8 @@ def enable_compilation_cache(directory: str) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fail in one sentence when `workdir` cannot be a writable directory (checked without creating anything)."""
+  """Fail in one sentence when `workdir` cannot be a writable directory. Nothing is left behind: the probe
+  directory made in the nearest existing ancestor is removed at once."""
   path = workdir
   while not os.path.exists(path):
     path = os.path.dirname(path)
@@ -81,6 +83,14 @@ def check_workdir(workdir: str) -> None:
   if not os.access(path, os.W_OK | os.X_OK):
     fail(f"--workdir={workdir} is not writable ({path} denies writing); choose another --workdir or fix the "
          "permissions.")
+  # os.access says yes to root whatever the mode and knows nothing of file systems that refuse new entries
+  # (/sys, a read-only bind mount): make one empty directory there and remove it again.
+  try:
+    probe = tempfile.mkdtemp(prefix=".xlm_jax-probe-", dir=path)
+  except OSError as e:
+    fail(f"--workdir={workdir} is not writable (creating a directory in {path} failed: {e.strerror}); choose "
+         "another --workdir or fix the permissions.")
+  os.rmdir(probe)
 
 
 def quiet_logging() -> None:
