@@ -23,6 +23,9 @@ def test_noise_keeps_words_near_their_place_and_never_empties_a_sentence():
   assert n_dropped.min() >= 1 and np.all(n_dropped <= np.repeat(lengths, 50))
   for row, n in zip(dropped, n_dropped):
     assert np.all(np.diff(row[:n]) > 0)  # kept words keep their order
+  long = np.repeat(words[3:], 200, 0)  # 200 sentences of 30 words: the configured drop rate is what is dropped
+  _, n_kept = add_noise(rng, long, np.full(200, 30), NoiseConfig(word_dropout=0.1))
+  assert abs(1 - n_kept.sum() / (200 * 30) - 0.1) < 0.02
   blank, _ = add_noise(rng, np.repeat(words, 50, 0), np.repeat(lengths, 50), NoiseConfig(word_blank=0.3))
   real = np.arange(30) < np.repeat(lengths, 50)[:, None]
   assert abs((blank[real] == MASK).mean() - 0.3) < 0.03 and not np.any(blank[~real] == MASK)
