@@ -8,40 +8,26 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 import jax
 
+from xlm_jax import provenance as provenance_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cpu_info() -> dict:
-  """CPU model and the flags that decide bf16 speed (AVX-512 BF16 / AMX); empty strings off Linux."""
-  model, flags = "", ""
-  if os.path.exists("/proc/cpuinfo"):
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name") and not model:
-        model = line.split(":", 1)[1].strip()
-      elif line.startswith("flags") and not flags:
-        flags = line.split(":", 1)[1]
-  names = flags.split()
-  return {"model": model or platform.processor(), "cpus": os.cpu_count(),
-          "avx512f": "avx512f" in names, "avx512_bf16": "avx512_bf16" in names,
-          "amx_bf16": "amx_bf16" in names}
+  """CPU model and the flags that decide bf16 speed (AVX-512 BF16 / AMX), from `xlm_jax.provenance`."""
+  m = provenance_lib.machine()
+  return {"model": m["cpu"], "cpus": m["cores"], "avx512f": m["avx512f"], "avx512_bf16": m["avx512_bf16"],
+          "amx_bf16": m["amx_bf16"]}
 
 
 def git_commit() -> str:
   """HEAD of the repository, with '+dirty' when tracked files differ from it (figures of uncommitted code)."""
-  try:
-    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=True).stdout.strip()
-    return head + ("+dirty" if dirty else "")
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
+  return provenance_lib.git_commit(ROOT) or "unknown"
 
 
 def versions() -> dict:
@@ -65,6 +51,8 @@ def provenance() -> dict:
 
 
 def write_json(path: str, result: dict) -> None:
+  """Write `result` (with the load average at the end of the run added) as indented JSON."""
+  result["load_average_end"] = list(os.getloadavg())
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(result, f, indent=1)

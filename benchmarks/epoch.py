@@ -24,11 +24,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -226,7 +223,6 @@ def main(argv=None):
   print(f"  transformers ({torch_setting}, padded, real share {fill}): {theirs['seconds']:.1f} s, "
         f"{theirs['targets_per_s']:.0f} targets/s ({theirs['steps']} batches)")
   print(f"epoch ratio={ratio:.2f} (target {TARGET})")
-  result["load_average_end"] = list(os.getloadavg())
   if args.out:
     bench_common.write_json(args.out, result)
   return result

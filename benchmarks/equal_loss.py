@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -110,7 +107,6 @@ def main(argv=None):
         f"{'within bf16 noise' if passed['ours-bf16'] else 'DIFFERS beyond bf16 noise'}")
   if args.plot:
     plot(result, args.plot)
-  result["load_average_end"] = list(os.getloadavg())
   if args.out:
     bench_common.write_json(args.out, result)
   return result

@@ -10,9 +10,7 @@ machine and versions stored in its JSON; a missing JSON is reported as not measu
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from report import ROOT, each_result, load, table  # noqa: E402
 

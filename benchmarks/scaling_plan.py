@@ -17,7 +17,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 RESULT = os.path.join(ROOT, "benchmarks", "results", "scaling_plan.json")
 DOC = os.path.join(ROOT, "docs", "scaling.md")
 CONFIGS = ("xlm_mlm_tlm_xnli15_1024", "xlm_mlm_100_1280")

@@ -24,15 +24,11 @@ both frameworks; separate runs differ by ~7%); run it under `flock -x /tmp/xlm_c
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
-import sys
 import time
 import types
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -262,7 +258,6 @@ def main(argv=None):
     x = result["summary"]
     print(f"case={args.size} ours_ms={x['ours_ms']:.0f} torch_ms={x['torch_ms']:.0f} torch_setting={x['torch_setting']} "
           f"ratio={x['ratio']:.2f} mfu={x['mfu']:.2f}")
-  result["load_average_end"] = list(os.getloadavg())
   if args.out:
     bench_common.write_json(args.out, result)
   return result

@@ -36,6 +36,7 @@ def machine() -> dict:
   flags = set(flags.split())
   import jax
   return {"cpu": model, "cores": os.cpu_count(), "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+          "amx_bf16": "amx_bf16" in flags,
           "platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__,
           "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
 
