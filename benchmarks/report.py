@@ -65,7 +65,7 @@ def section_demo(lines):
 
 
 def section_train(lines):
-  results = each_result("train_*.json")
+  results = each_result("train_demo_*.json")  # train_step_*.json belong to docs/benchmarks.md
   if not results:
     return
   lines += ["## Training throughput and MFU", "",
