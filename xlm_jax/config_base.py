@@ -95,6 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.nmt.bleu_split = "valid"           # BLEU during training on this split ('test' for final numbers)
   c.nmt.bleu_sentences = 500           # first N sentences of the split (0 = all)
   c.nmt.sample_translations = 2        # printed at each evaluation
+  c.nmt.roundtrip_sentences = 0        # unsupervised model selection: round-trip BLEU (l1->l2->l1) on this many
+                                       # monolingual lines of roundtrip_split per back-translation direction (0 = off)
+  c.nmt.roundtrip_split = "valid"
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

@@ -36,6 +36,7 @@ from xlm_jax.errors import UserError
 
 KEYS = ("clm", "mlm", "tlm", "ae", "bt", "mt", "cls")  # the order of keys in a batch; the index salts the RNG
 EVAL_SEED = 12345
+BUILT_IN_KEYS = ("mt", "ae", "bt")  # rows whose builder makes their own targets
 VERSION = "rows-3"  # part of the fingerprint: bump when the rows of a (seed, step) change
 
 
@@ -319,7 +320,12 @@ class Mixture:
       n = len(next(iter(rows.values())))
       if n == 0:
         continue
-      target = targets[key]
+      target = targets.get(key)
+      if target is None:  # held-out MT of an unsupervised run (no 'mt' objective): its rows carry their targets
+        if key not in BUILT_IN_KEYS:
+          raise UserError(f"held-out entry {entry.spec.name!r} ({key}) has no training objective to take its "
+                          "targets from; add it to the step specs.")
+        target = BuiltIn()
       draws = target.draw(np.random.default_rng([EVAL_SEED, KEYS.index(key)]), (n, getattr(entry.source, "length", 0)))
       rows = target.apply(rows, draws, train=False)
       result[f"{key}_{entry.spec.name}"] = [{key: b} for b in self._to_batches(rows, n)]

@@ -17,8 +17,9 @@ The target language reaches the decoder only through its language embedding; the
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +184,39 @@ def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_
             "pred_targets": tgt[:, 1:], "pred_weights": (tgt_seg[:, 1:] > 0).astype(jnp.float32)}
 
   return Loss(sums=sums, weights=weights, lambdas=dict(lambdas))
+
+
+def roundtrip_texts(corpus, specs: list[StepSpec], split: str, n: int) -> dict[tuple[str, str], list[str]]:
+  """Monolingual text for round-trip BLEU: per back-translation direction l1-l2-l1, n lines of l1's `split`
+  file. The k-th such language (sorted) reads lines [k*n, (k+1)*n), so no two languages ever contribute the same
+  line: model selection sees no sentence pair even where the split's files are translations of each other."""
+  if n <= 0:
+    return {}
+  directions = sorted({(s.langs[0], s.langs[1]) for s in specs if s.key == "bt"})
+  firsts = sorted({l1 for l1, _ in directions})
+  out = {}
+  for l1, l2 in directions:
+    k = firsts.index(l1)
+    lines = [t for t in itertools.islice(corpus.mono(split, l1)(), k * n, (k + 1) * n)]
+    if len(lines) < n:
+      raise UserError(f"config.nmt.roundtrip_sentences={n}: the {split} text of {l1!r} has only {k * n + len(lines)} "
+                      f"lines, {(k + 1) * n} needed ({len(firsts)} languages x {n} disjoint lines); lower it.")
+    out[(l1, l2)] = lines
+  return out
+
+
+def roundtrip_bleu(translate: Callable[[list[str], str, str], list[str]],
+                   texts: Mapping[tuple[str, str], list[str]]) -> dict[str, float]:
+  """Round-trip BLEU (Lample et al. 2018's unsupervised model-selection criterion): l1 text translated into l2
+  and back, scored against itself (detokenized sacreBLEU). `roundtrip_bleu_<l1>-<l2>-<l1>` per direction and
+  their mean `roundtrip_bleu`. No parallel data is used."""
+  out = {}
+  for (l1, l2), lines in texts.items():
+    back = translate(translate(list(lines), l1, l2), l2, l1)
+    out[f"roundtrip_bleu_{l1}-{l2}-{l1}"] = bleu(back, list(lines), l1)["bleu"]
+  if out:
+    out["roundtrip_bleu"] = float(np.mean(list(out.values())))
+  return out
 
 
 def nmt_flops(enc: TransformerConfig, dec: TransformerConfig):
@@ -353,24 +387,36 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
     texts = list(corpus.para(split, l1, l2)())[:config.nmt.bleu_sentences or None]
     references[(l1, l2)] = texts
 
+  roundtrip = roundtrip_texts(corpus, specs, config.nmt.roundtrip_split, int(config.nmt.roundtrip_sentences))
+  # the copy-the-source baseline: BLEU of the untranslated source against the reference
+  copy_baseline = {d: bleu([s for s, _ in t], [r for _, r in t], d[1])["bleu"] for d, t in references.items()}
+
+  def translate(params, texts, l1, l2):
+    return translate_texts(params, enc_cfg, dec_cfg, tokenizer, texts, l1, l2, languages,
+                           beam_size=config.nmt.beam_size, length_penalty=config.nmt.length_penalty,
+                           early_stopping=config.nmt.early_stopping, max_len_a=config.nmt.eval_max_len_a,
+                           max_len_b=config.nmt.eval_max_len_b)
+
   def extra_eval(params, step) -> dict:
     results = {}
     for (l1, l2), pairs_text in references.items():
       sources = [s for s, _ in pairs_text]
-      hyps = translate_texts(params, enc_cfg, dec_cfg, tokenizer, sources, l1, l2, languages,
-                             beam_size=config.nmt.beam_size, length_penalty=config.nmt.length_penalty,
-                             early_stopping=config.nmt.early_stopping, max_len_a=config.nmt.eval_max_len_a,
-                             max_len_b=config.nmt.eval_max_len_b)
-      scores = bleu(hyps, [r for _, r in pairs_text], l2)
-      results[f"bleu_{l1}-{l2}"] = scores["bleu"]
-      if "tokenized_bleu" in scores:
-        results[f"tokenized_bleu_{l1}-{l2}"] = scores["tokenized_bleu"]
+      hyps = translate(params, sources, l1, l2)
       shown = list(zip(sources, hyps, pairs_text))[:config.nmt.sample_translations]
       if shown:  # TensorBoard text and metrics.jsonl (the loop writes string values as text)
         results[f"samples_{l1}-{l2}"] = "\n\n".join(f"src: {s}  \nhyp: {h}  \nref: {r}" for s, h, (_, r) in shown)
       if jax.process_index() == 0:
         for s, h, (_, r) in shown:
           print(f"  [{l1}->{l2}] {s}\n      hyp: {h}\n      ref: {r}", flush=True)
+      scores = bleu(hyps, [r for _, r in pairs_text], l2)
+      results[f"bleu_{l1}-{l2}"] = scores["bleu"]
+      if "tokenized_bleu" in scores:
+        results[f"tokenized_bleu_{l1}-{l2}"] = scores["tokenized_bleu"]
+      # diagnostics: how much the output copies its input, against what copying the source would score
+      results[f"copy_bleu_{l1}-{l2}"] = bleu(hyps, sources, l2)["bleu"]
+      results[f"source_bleu_{l1}-{l2}"] = copy_baseline[(l1, l2)]
+    if roundtrip:
+      results.update(roundtrip_bleu(lambda texts, a, b: translate(params, texts, a, b), roundtrip))
     return results
 
   signature = bleu(["a"], ["a"], "en")["signature"]
