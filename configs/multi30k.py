@@ -10,6 +10,10 @@ as does --config.data.corpus; gzip files
 `{train,val,test_2016_flickr}.{en,de,fr,cs}.gz`, every language a line-by-line translation of the others). Each
 language's file is used as monolingual text (MLM) and aligned with the others for TLM pairs.
 
+`<variant>_halves` (e.g. `tiny_halves`) is the pretraining for unsupervised MT (configs/nmt.py:multi30k_unsup):
+MLM only, on English lines 0-14,499 and French lines 14,500-28,999 of the training set (no pair is ever seen; the
+BPE is trained on the same halves), languages en and fr.
+
 `tiny` is tuned to show what TLM does in its budget: masked French tokens of the val pairs are predicted better
 with the English in the row than without (the figures and the time on 2 CPU cores are in docs/results.md,
 measured by benchmarks/multi30k_pretrain.py).
@@ -27,10 +31,15 @@ VARIANTS = {
 }
 
 
+HALVES = "en:0:14500,fr:14500:29000"  # the unsupervised split: English of one half, French of the other
+
+
 def get_config(arg: str | None = None):
   name = arg or "tiny"
+  halves = name.endswith("_halves")
+  name = name[:-len("_halves")] if halves else name
   if name not in VARIANTS:
-    raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
+    raise ValueError(f"unknown variant {arg!r}; choose one of {sorted(VARIANTS)}, or one of them + '_halves'")
   v = VARIANTS[name]
   c = base_config()
   c.task = "pretrain"
@@ -57,4 +66,8 @@ def get_config(arg: str | None = None):
   c.checkpoint.every = {"tiny": 1000, "small": 2000}.get(name, 5000)
   c.log.every = 100
   c.log.eval_every = {"tiny": 1000, "small": 2000}.get(name, 5000)
+  if halves:  # the pretraining for unsupervised MT: MLM only (TLM would read pairs), on the disjoint halves
+    c.data.languages = "en,fr"
+    c.data.mlm_steps = "en,fr"
+    c.data.mono_lines = HALVES
   return c

@@ -1,0 +1,216 @@
+"""Unsupervised MT on the Multi30k disjoint halves, end to end (issue 14): MLM pretraining on the halves, then
+denoising + on-the-fly back-translation from that pretraining or from scratch, with BLEU every N steps.
+
+  # MLM-initialised (pretrains first into WORKDIR/pretrain unless --bundle names a pretraining):
+  python benchmarks/multi30k_unmt.py run --variant tiny --init pretrained --pretrain-steps 4000 --steps 3000 \
+      --eval-every 250 --workdir runs/unmt --out benchmarks/results/multi30k_unmt_tiny_pretrained.json
+  # from scratch, same shapes and the same BPE (the pretraining's tokenizer):
+  python benchmarks/multi30k_unmt.py run --variant tiny --init scratch --tokenizer runs/unmt/pretrain/tokenizer.json \
+      --steps 3000 --eval-every 250 --workdir runs/unmt --out benchmarks/results/multi30k_unmt_tiny_scratch.json
+  # the curve (docs/img/multi30k_unmt.png); docs/results.md is then `python benchmarks/report.py`:
+  python benchmarks/multi30k_unmt.py render benchmarks/results/multi30k_unmt_*.json
+
+Configs: `configs/multi30k.py:<variant>_halves` (MLM on English lines 0-14,499 and French lines 14,500-28,999 of the
+training set, BPE trained on the same halves) and `configs/nmt.py:multi30k_unsup` (the reference's UNMT recipe).
+At every evaluation the run records detokenized sacreBLEU on test_2016_flickr (en->fr and fr->en, greedy; all 1,000
+sentences unless --bleu-sentences), the copy-the-source baseline and how much the output copies its input, and the
+unsupervised selection criterion: round-trip BLEU (en->fr->en, fr->en->fr) on disjoint monolingual val lines. The
+JSON is rewritten after every evaluation (a run stopped early keeps its curve); re-running the same command resumes
+from the newest checkpoint. The data folder is configs/multi30k.py's default ($XLM_JAX_MULTI30K overrides it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from bench_common import ROOT, provenance, write_json
+
+CURVE_KEYS = ("bleu_en-fr", "bleu_fr-en", "tokenized_bleu_en-fr", "tokenized_bleu_fr-en", "copy_bleu_en-fr",
+              "copy_bleu_fr-en", "source_bleu_en-fr", "source_bleu_fr-en", "roundtrip_bleu_en-fr-en",
+              "roundtrip_bleu_fr-en-fr", "roundtrip_bleu")
+
+
+def pretrain_config(args):
+  from xlm_jax.config_base import load_config, override
+  c = load_config(os.path.join(ROOT, "configs", "multi30k.py") + f":{args.variant}_halves")
+  c.train.steps = args.pretrain_steps
+  c.log.progress_bar = False
+  override(c, dict(args.pretrain_override))
+  return c
+
+
+def unmt_config(args, bundle: str):
+  from xlm_jax.config_base import load_config, override
+  c = load_config(os.path.join(ROOT, "configs", "nmt.py") + ":multi30k_unsup")
+  c.init.encoder = c.init.decoder = args.init
+  if args.init == "pretrained":
+    c.init.bundle = bundle
+  else:  # the pretraining variant's shapes, the same tokenizer
+    from xlm_jax.config_base import load_config_module
+    v = load_config_module(os.path.join(ROOT, "configs", "multi30k.py")).VARIANTS[args.variant]
+    c.model.emb_dim, c.model.n_layers, c.model.n_heads = v["emb_dim"], v["n_layers"], v["n_heads"]
+    c.data.tokenizer = args.tokenizer
+  c.train.steps = args.steps
+  c.log.eval_every = args.eval_every
+  c.checkpoint.every = args.eval_every
+  c.log.progress_bar = False
+  c.nmt.bleu_split = "test"
+  c.nmt.bleu_sentences = args.bleu_sentences
+  c.nmt.roundtrip_sentences = args.roundtrip_sentences
+  override(c, dict(args.override))
+  return c
+
+
+def tokenizer_stats(tokenizer_path: str, data: str, lines: int = 2000) -> dict:
+  """The BPE against the text it cuts: vocabulary size and, on the first `lines` training lines of each half,
+  framed tokens per sentence and subword tokens per whitespace word (1.0 = word level)."""
+  import gzip
+  import numpy as np
+  from xlm_jax.tokenizer import tokenizer_from_state
+  tok = tokenizer_from_state(json.load(open(tokenizer_path)))
+  out = {"vocab_size": tok.vocab_size}
+  for lang, first in (("en", 0), ("fr", 14500)):
+    with gzip.open(os.path.join(data, f"train.{lang}.gz"), "rt", encoding="utf-8") as f:
+      text = [l.rstrip("\n") for i, l in enumerate(f) if first <= i < first + lines]
+    framed = np.array([len(tok.encode(t, lang)) for t in text])
+    words = sum(len(t.split()) for t in text)
+    out[lang] = {"framed_tokens_per_sentence": float(framed.mean()),
+                 "tokens_per_word": float((framed - 2).sum() / words)}
+  return out
+
+
+def run(args) -> None:
+  from xlm_jax import parallel
+  from xlm_jax.cli import enable_compilation_cache
+  from xlm_jax.train import nmt, pretrain
+  from xlm_jax.train.loop import train
+  enable_compilation_cache("~/.cache/xlm_jax/jit")
+  started = time.time()
+  result = {**provenance(), "variant": args.variant, "init": args.init, "steps": args.steps,
+            "eval_every": args.eval_every, "status": "running", "curve": []}
+  bundle = args.bundle
+  if args.init == "pretrained":
+    if not bundle:
+      bundle = os.path.join(args.workdir, "pretrain")
+      t = time.time()
+      pretrain.run(pretrain_config(args), bundle)
+      result["pretrain_seconds"] = time.time() - t
+    meta = json.load(open(os.path.join(bundle, "config.json"))) if os.path.exists(
+        os.path.join(bundle, "config.json")) else {}
+    result["pretraining"] = {"bundle": bundle, "steps": meta.get("train", {}).get("steps"),
+                             "mlm_steps": meta.get("data", {}).get("mlm_steps"),
+                             "mono_lines": meta.get("data", {}).get("mono_lines"),
+                             "model": {k: meta.get("model", {}).get(k) for k in ("emb_dim", "n_layers", "n_heads")},
+                             "vocab_size": meta.get("data", {}).get("vocab_size")}
+  elif not args.tokenizer:
+    raise SystemExit("--init scratch needs --tokenizer (the pretraining's tokenizer.json, for the same BPE)")
+  config = unmt_config(args, bundle)
+  result["config"] = {"unmt": json.loads(json.dumps(config.to_dict(), default=str))}
+  result["tokenizer"] = tokenizer_stats(args.tokenizer or os.path.join(bundle, "tokenizer.json"),
+                                        config.data.corpus)
+  workdir = os.path.join(args.workdir, f"unmt_{args.init}")
+  mesh = parallel.make_mesh(config.mesh.to_dict())
+  task, _ = nmt.build_task(config, workdir, mesh)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(metrics_path):  # a resumed run: the evaluations it already made
+    for line in open(metrics_path):
+      r = json.loads(line)
+      if r.get("kind") == "eval" and "bleu_en-fr" in r:
+        result["curve"].append({"step": r["step"], **{k: r[k] for k in CURVE_KEYS if k in r}})
+  inner = task.extra_eval
+  t0 = time.time()
+
+  def extra_eval(params, step):
+    out = inner(params, step)
+    point = {"step": int(step), "seconds": time.time() - t0, **{k: out[k] for k in CURVE_KEYS if k in out}}
+    result["curve"] = [p for p in result["curve"] if p["step"] != point["step"]] + [point]
+    print("unmt-eval", json.dumps(point), flush=True)
+    write_json(args.out, result)
+    return out
+
+  train(dataclasses.replace(task, extra_eval=extra_eval), config, workdir, mesh)
+  result["status"] = "finished"
+  result["seconds"] = time.time() - started
+  write_json(args.out, result)
+
+
+def render(paths: list[str], png: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  runs = [json.load(open(p)) for p in paths]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  for d in runs:
+    steps = [p["step"] for p in d["curve"]]
+    for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
+      ax.plot(steps, [p[key] for p in d["curve"]], marker="o", label=f"{d['init']} ({d['variant']})")
+    axes[2].plot(steps, [p.get("roundtrip_bleu", float("nan")) for p in d["curve"]], marker="s", linestyle="--",
+                 label=f"round-trip, {d['init']}")
+    axes[2].plot(steps, [(p["bleu_en-fr"] + p["bleu_fr-en"]) / 2 for p in d["curve"]], marker="o",
+                 label=f"true BLEU (mean), {d['init']}")
+  if runs and runs[0]["curve"]:
+    first = runs[0]["curve"][0]
+    for ax, key in zip(axes[:2], ("source_bleu_en-fr", "source_bleu_fr-en")):
+      if key in first:
+        ax.axhline(first[key], color="grey", linestyle=":", label="copy the source")
+  for ax, title in zip(axes, ("en->fr (test_2016_flickr)", "fr->en (test_2016_flickr)",
+                              "selection: round-trip vs true BLEU")):
+    ax.set_title(title)
+    ax.set_xlabel("UNMT step")
+    ax.set_ylabel("BLEU (detokenized sacreBLEU)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+  fig.savefig(png, dpi=110)
+  print(f"wrote {png}")
+
+
+def _pairs(items: list[str]) -> list[tuple[str, object]]:
+  """'train.lr=1e-4' -> ('train.lr', 1e-4): Python literals where they parse, strings otherwise."""
+  import ast
+  out = []
+  for item in items:
+    key, _, value = item.partition("=")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    out.append((key, value))
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = parser.add_subparsers(dest="cmd", required=True)
+  r = sub.add_parser("run")
+  r.add_argument("--variant", default="tiny", help="configs/multi30k.py size: tiny, small, base")
+  r.add_argument("--init", choices=("pretrained", "scratch"), required=True)
+  r.add_argument("--bundle", default="", help="an MLM pretraining on the halves (default: pretrain here)")
+  r.add_argument("--tokenizer", default="", help="scratch: the pretraining's tokenizer.json")
+  r.add_argument("--pretrain-steps", type=int, default=4000)
+  r.add_argument("--steps", type=int, default=3000)
+  r.add_argument("--eval-every", type=int, default=250)
+  r.add_argument("--bleu-sentences", type=int, default=0, help="0 = all 1,000 test sentences")
+  r.add_argument("--roundtrip-sentences", type=int, default=250)
+  r.add_argument("--workdir", default="runs/unmt")
+  r.add_argument("--out", required=True)
+  r.add_argument("--override", nargs="*", default=[], type=str, help="UNMT config fields, e.g. train.lr=1e-4")
+  r.add_argument("--pretrain-override", nargs="*", default=[], type=str)
+  g = sub.add_parser("render")
+  g.add_argument("results", nargs="+")
+  g.add_argument("--png", default=os.path.join(ROOT, "docs", "img", "multi30k_unmt.png"))
+  args = parser.parse_args()
+  if args.cmd == "render":
+    render(args.results, args.png)
+    return
+  args.override, args.pretrain_override = _pairs(args.override), _pairs(args.pretrain_override)
+  run(args)
+
+
+if __name__ == "__main__":
+  main()
