@@ -27,7 +27,8 @@ import os
 import sys
 import time
 
-from bench_common import ROOT, provenance, write_json
+from bench_common import ROOT, write_json
+from xlm_jax.provenance import provenance
 
 CURVE_KEYS = ("bleu_en-fr", "bleu_fr-en", "tokenized_bleu_en-fr", "tokenized_bleu_fr-en", "copy_bleu_en-fr",
               "copy_bleu_fr-en", "source_bleu_en-fr", "source_bleu_fr-en", "roundtrip_bleu_en-fr-en",
@@ -90,7 +91,8 @@ def run(args) -> None:
   from xlm_jax.train.loop import train
   enable_compilation_cache("~/.cache/xlm_jax/jit")
   started = time.time()
-  result = {**provenance(), "variant": args.variant, "init": args.init, "steps": args.steps,
+  result = {**provenance(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average_start": list(os.getloadavg()), "variant": args.variant, "init": args.init, "steps": args.steps,
             "eval_every": args.eval_every, "status": "running", "curve": []}
   bundle = args.bundle
   if args.init == "pretrained":
