@@ -84,6 +84,21 @@ def tokenizer_stats(tokenizer_path: str, data: str, lines: int = 2000) -> dict:
   return out
 
 
+def bundle_state(bundle: str) -> dict:
+  """The step the UNMT run starts from (the bundle's newest checkpoint) and the pretraining's last held-out
+  evaluation (masked-token accuracy, every masked position held out)."""
+  from xlm_jax import checkpoint as ckpt
+  steps = ckpt.all_steps(os.path.join(bundle, "checkpoints"))
+  last = {}
+  metrics = os.path.join(bundle, "metrics.jsonl")
+  if os.path.exists(metrics):
+    for line in open(metrics):
+      r = json.loads(line)
+      if r.get("kind") == "eval" and (not steps or r["step"] <= max(steps)):
+        last = {k: v for k, v in r.items() if k.endswith("_acc") or k == "step"}
+  return {"checkpoint_step": max(steps) if steps else None, "last_eval": last}
+
+
 def run(args) -> None:
   from xlm_jax import parallel
   from xlm_jax.cli import enable_compilation_cache
@@ -107,7 +122,9 @@ def run(args) -> None:
                              "mlm_steps": meta.get("data", {}).get("mlm_steps"),
                              "mono_lines": meta.get("data", {}).get("mono_lines"),
                              "model": {k: meta.get("model", {}).get(k) for k in ("emb_dim", "n_layers", "n_heads")},
-                             "vocab_size": meta.get("data", {}).get("vocab_size")}
+                             "vocab_size": meta.get("data", {}).get("vocab_size"),
+                             "lr": meta.get("train", {}).get("lr"), "batch_size": meta.get("data", {}).get("batch_size"),
+                             **bundle_state(bundle)}
   elif not args.tokenizer:
     raise SystemExit("--init scratch needs --tokenizer (the pretraining's tokenizer.json, for the same BPE)")
   config = unmt_config(args, bundle)

@@ -370,8 +370,10 @@ def section_multi30k_unmt(lines):
                 f" / {t['fr']['framed_tokens_per_sentence']:.1f} framed tokens per sentence.", ""]
     if d.get("pretraining"):
       p = d["pretraining"]
-      lines += [f"Pretraining: MLM `{p.get('mlm_steps')}` on `{p.get('mono_lines')}`, {p.get('steps')} steps "
-                f"configured, bundle `{p.get('bundle')}`, model {p.get('model')}, BPE {p.get('vocab_size')}.", ""]
+      acc = ", ".join(f"{k.split('/')[0]} {100 * v:.1f}%" for k, v in p.get("last_eval", {}).items() if k != "step")
+      lines += [f"Pretraining: MLM `{p.get('mlm_steps')}` on `{p.get('mono_lines')}`, the checkpoint of step "
+                f"{p.get('checkpoint_step')} ({p.get('steps')} configured), model {p.get('model')}, lr {p.get('lr')}, "
+                f"batch {p.get('batch_size')}; held-out masked-token accuracy there: {acc or 'not recorded'}.", ""]
     rows = [[f"{q['step']:,}", f"{q['bleu_en-fr']:.2f}", f"{q['bleu_fr-en']:.2f}",
              f"{q.get('roundtrip_bleu', float('nan')):.2f}", f"{q.get('copy_bleu_en-fr', float('nan')):.1f}",
              f"{q.get('copy_bleu_fr-en', float('nan')):.1f}", f"{q.get('seconds', float('nan')):.0f}"] for q in curve]

@@ -67,11 +67,12 @@ def test_a_few_unmt_steps_translate_better_than_copying_the_source(tmp_path):
   proc = run_main(str(unmt), {**small, **UNMT, "init.encoder": "pretrained", "init.decoder": "pretrained",
                               "init.bundle": str(pre), "train.steps": 300, "train.lr": 2e-3,
                               "train.warmup_steps": 30, "data.batch_size": 16, "nmt.bleu_sentences": 100,
-                              "nmt.bleu_split": "test", "log.eval_every": 300, "checkpoint.every": 300,
+                              "nmt.bleu_split": "test", "log.eval_every": 100, "checkpoint.every": 300,
                               "nmt.word_shuffle": 3.0, "nmt.word_dropout": 0.1, "nmt.word_blank": 0.1,
                               "model.dropout": 0.0, "model.attention_dropout": 0.0})
   assert proc.returncode == 0, proc.stderr[-3000:]
   final = _eval_records(unmt)[-1]
-  print({k: v for k, v in final.items() if "bleu" in k})
+  for r in _eval_records(unmt):
+    print(r["step"], {k: round(v, 2) for k, v in r.items() if "bleu" in k})
   for d in ("xa-xb", "xb-xa"):
     assert final[f"bleu_{d}"] > final[f"source_bleu_{d}"] + 2.0, final
