@@ -94,7 +94,7 @@ class Bundle:
 
     import ml_collections
 
-    from xlm_jax.train.pretrain import make_corpus
+    from xlm_jax.run_setup import make_corpus
     for code in (lang, other):
       if code is not None:
         self.lang_id(code)

@@ -27,7 +27,7 @@ import numpy as np
 
 from xlm_jax import checkpoint as ckpt
 from xlm_jax import decode as decode_lib
-from xlm_jax import parallel, paths
+from xlm_jax import parallel, paths, run_setup
 from xlm_jax.config_base import parse_languages
 from xlm_jax.data.noise import NoiseConfig
 from xlm_jax.data.mixture import BuiltIn, Entry, Mixture, StepSpec, objectives, parse_nmt_steps
@@ -36,17 +36,9 @@ from xlm_jax.errors import UserError
 from xlm_jax.evaluate import bleu
 from xlm_jax.model import EncoderDecoder, TransformerConfig, forward_flops_per_token, init_encoder_decoder
 from xlm_jax.tokenizer import tokenizer_from_state
-from xlm_jax.train import pretrain
 from xlm_jax.train.loop import Loss, TrainTask, prediction_sums, train
 from xlm_jax.train.optim import parse_lambda
 from xlm_jax.translate import translate_texts
-
-def _bundle_part(params: Any, meta: Mapping, part: str) -> Any:
-  """The encoder (or decoder) parameters of a bundle; encoder bundles give the same tree for both."""
-  if meta.get("architecture") == "encoder_decoder":
-    return params[part]
-  return params
-
 
 def load_init_bundles(config) -> tuple[dict | None, dict | None, Any, Any]:
   """(encoder meta, decoder meta, encoder params, decoder params) of the bundles `config.init` names, on the host."""
@@ -62,7 +54,7 @@ def load_init_bundles(config) -> tuple[dict | None, dict | None, Any, Any]:
   for part, path in (("encoder", enc_path), ("decoder", dec_path)):
     if path:
       p, m = ckpt.restore_params(path)
-      metas[part], params[part] = m, _bundle_part(p, m, part)
+      metas[part], params[part] = m, run_setup.load_bundle_part(p, m, part)
   return metas.get("encoder"), metas.get("decoder"), params.get("encoder"), params.get("decoder")
 
 
@@ -92,55 +84,25 @@ def model_configs(config, meta: Mapping | None, vocab_size: int, n_langs: int, p
     enc = TransformerConfig.from_dict(meta["model"]).replace(is_decoder=False, causal=False, scan_layers=False,
                                                              **run)
   else:
-    enc = pretrain.model_config(config, vocab_size, n_langs, pad_id)
+    enc = run_setup.model_config(config, vocab_size, n_langs, pad_id)
   dec_layers = config.model.decoder_layers or enc.n_layers
   return enc, enc.replace(is_decoder=True, causal=True, n_layers=dec_layers)
 
 
 def seed_params(fresh: Any, enc_src: Any, dec_src: Any, init) -> tuple[Any, list[tuple[str, str]]]:
-  """Copy pretrained parameters into a fresh NMT tree; returns (params, table rows (path, status))."""
+  """Copy pretrained parameters into a fresh NMT tree; returns (params, table rows (path, status)).
+
+  An encoder bundle has no cross-attention, so `encoder_attn` and `layer_norm15` stay fresh; a decoder taken from
+  an MT bundle brings them along."""
   fresh_host = jax.device_get(fresh)
   table = []
   out = {}
   for part, source, how in (("encoder", enc_src, init.encoder), ("decoder", dec_src, init.decoder)):
-    flat_fresh = ckpt.tree_paths(fresh_host[part])
-    flat_src = ckpt.tree_paths(source) if (how == "pretrained" and source is not None) else {}
-    used = set()
-    new_flat = {}
-    for path, leaf in flat_fresh.items():
-      # an encoder bundle has no cross-attention, so `encoder_attn` and `layer_norm15` stay fresh; a decoder
-      # taken from an MT bundle brings them along
-      if path in flat_src:
-        if tuple(np.shape(flat_src[path])) != tuple(np.shape(leaf)):
-          raise UserError(f"pretrained parameter {part}/{path} has shape {np.shape(flat_src[path])}, the NMT model "
-                          f"needs {np.shape(leaf)}; the widths or vocabularies differ.")
-        new_flat[path] = np.asarray(flat_src[path], dtype=np.asarray(leaf).dtype)
-        used.add(path)
-        table.append((f"{part}/{path}", "loaded"))
-      else:
-        new_flat[path] = leaf
-        table.append((f"{part}/{path}", "fresh"))
-    for path in sorted(set(flat_src) - used):
-      table.append((f"{part}/{path}", "ignored"))
-    out[part] = _unflatten(fresh_host[part], new_flat)
+    out[part], rows = run_setup.copy_matching(fresh_host[part], source if how == "pretrained" else None, part,
+                                              "NMT model")
+    table += rows
   placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), out, fresh)
   return placed, table
-
-
-def _unflatten(template: Any, flat: Mapping[str, Any]) -> Any:
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-  values = []
-  for path, _ in leaves:
-    key = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-    values.append(flat[key])
-  return jax.tree_util.tree_unflatten(treedef, values)
-
-
-def format_table(table: list[tuple[str, str]]) -> str:
-  counts = {s: sum(1 for _, x in table if x == s) for s in ("loaded", "fresh", "ignored")}
-  lines = [f"initialisation: {counts['loaded']} loaded, {counts['fresh']} fresh, {counts['ignored']} ignored"]
-  lines += [f"  {status:8s} {path}" for path, status in table]
-  return "\n".join(lines)
 
 
 def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_id: int) -> Loss:
@@ -318,8 +280,8 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
       if lang not in languages:
         raise UserError(f"{spec.key}_steps names language {lang!r}, which the "
                         f"{'pretrained model' if meta else 'config'} does not have (it has {languages}).")
-  existing = pretrain.existing_meta(workdir)
-  corpus = pretrain.make_corpus(config, workdir, languages)
+  existing = run_setup.existing_meta(workdir)
+  corpus = run_setup.make_corpus(config, workdir, languages)
   pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key == "mt"})
   eval_pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key in ("mt", "bt")})
   mono_langs = sorted({s.langs[0] for s in specs if s.key in ("ae", "bt")})
@@ -335,8 +297,8 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   elif existing is not None:
     tokenizer = tokenizer_from_state(existing["tokenizer"])
   else:
-    tokenizer = pretrain.get_tokenizer(config, workdir, corpus, languages, None,
-                                       pretrain.parse_line_windows(config.data.mono_lines, languages))
+    tokenizer = run_setup.get_tokenizer(config, workdir, corpus, languages, None,
+                                       run_setup.parse_line_windows(config.data.mono_lines, languages))
   enc_cfg, dec_cfg = model_configs(config, meta, tokenizer.vocab_size, len(languages), tokenizer.pad_id)
   check_shapes(config, enc_cfg, dec_cfg, mesh)
   if existing is not None:
@@ -350,11 +312,11 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
                       f"({'; '.join(differ) or 'task ' + repr(existing.get('task'))}); use another --workdir.")
   lang2id = {l: i for i, l in enumerate(languages)}
   cache_dir = paths.data_cache_dir(config.data.cache_dir, workdir)  # local even for a gs:// workdir
-  para = {p: pretrain.prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len,
+  para = {p: run_setup.prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len,
                                    splits=("train", "valid", "test") if p in eval_pairs else ("train",))
           for p in sorted(set(pairs) | set(eval_pairs))}
-  windows = pretrain.parse_line_windows(config.data.mono_lines, languages)
-  mono = {l: pretrain.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",), lines=windows.get(l))
+  windows = run_setup.parse_line_windows(config.data.mono_lines, languages)
+  mono = {l: run_setup.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",), lines=windows.get(l))
           for l in mono_langs}
   batches, eval_entries = make_batches(config, specs, para, mono, lang2id, tokenizer)
   eval_sets = batches.eval_batches(eval_entries, config.data.eval_rows)
@@ -375,7 +337,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
 
   def init_from(params):
     placed, table = seed_params(params, enc_src, dec_src, config.init)
-    text = format_table(table)
+    text = run_setup.format_table(table)
     if jax.process_index() == 0:
       print(text.splitlines()[0] + f" (full table: {table_path})", flush=True)
       paths.write_text(table_path, text + "\n")
