@@ -9,6 +9,10 @@
     e = b.embed(["a sentence"], lang="xa")         # [B, D] sentence embeddings
     b.fill_mask("a <mask> sentence", lang="xa", context="its translation", context_lang="xb")   # TLM fill-in
     b.metrics()                                    # the run's curves (`xlm_jax.report.read_metrics`)
+    c = xlm_jax.load("runs/xnli")                  # a classifier (config.task='classify')
+    c.labels                                       # label names, in the head's order
+    c.classify(["a premise"], ["a hypothesis"], lang="de")        # -> ['entailment']
+    c.class_probabilities(["a premise"], ["a hypothesis"], lang="de")   # float32 [B, n_labels]
 
 `langs` is one language code for all tokens, or an int array of language ids (one per token, or one per row);
 it is ignored by models without language embeddings. Positions default to 0..L-1 in every row. The padding mask
@@ -109,7 +113,58 @@ class Bundle:
 
   @property
   def encoder_params(self):
-    return self.params["encoder"] if self.architecture == "encoder_decoder" else self.params
+    return self.params["encoder"] if self.architecture in ("encoder_decoder", "classifier") else self.params
+
+  @property
+  def labels(self) -> list[str] | None:
+    """The label names of a classifier bundle, in the order of the head's outputs (None for other bundles)."""
+    return list(self.meta["labels"]) if self.architecture == "classifier" else None
+
+  def class_probabilities(self, first: Sequence[str], second: Sequence[str] | None = None, lang: str = "en",
+                          batch_size: int = BATCH) -> np.ndarray:
+    """Class probabilities float32 [B, len(labels)] of sentences (`first`) or sentence pairs (`first[i]`,
+    `second[i]`) in `lang`, framed as the classifier was trained: `</s> a </s> b </s>` (or `</s> a </s>`) with the
+    language id on every token, truncated to the training row length (the longer side first)."""
+    if self.architecture != "classifier":
+      raise UserError(f"bundle {self.path!r} is not a classifier (it is a {self.meta.get('task', '?')} bundle); "
+                      "fine-tune one with config.task='classify' (configs/classify.py).")
+    from xlm_jax.model import Classifier
+    from xlm_jax.train.classify import truncate_pair
+    first = [first] if isinstance(first, str) else list(first)
+    second = None if second is None else ([second] if isinstance(second, str) else list(second))
+    if bool(self.meta.get("pair")) != (second is not None):
+      kind, call = ("sentence pairs", "first, second") if self.meta.get("pair") else ("single sentences", "first")
+      raise UserError(f"this classifier was trained on {kind}; call classify({call}, lang=...).")
+    if second is not None and len(second) != len(first):
+      raise UserError(f"classify: {len(first)} first sentences but {len(second)} second ones; give one per pair.")
+    lang_id = self.lang_id(lang)
+    row_length = int(self.config.get("classify", {}).get("row_length", self.model_config.max_positions))
+    eos, pad = self.tokenizer.eos_id, self.tokenizer.pad_id
+    rows = []
+    for i, text in enumerate(first):
+      a, b, _ = truncate_pair(self.tokenizer.encode(text, lang),
+                              None if second is None else self.tokenizer.encode(second[i], lang), row_length - 2)
+      rows.append([eos] + a + ([eos] + b if b is not None else []) + [eos])
+    model = Classifier(self.model_config.replace(dtype="float32", dropout=0.0, attention_dropout=0.0,
+                                                 scan_layers=False, remat="none"), len(self.labels))
+    fn = _classify_fn(model)
+    out = []
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start:start + batch_size]
+      width = -(-max(len(r) for r in chunk) // BUCKET) * BUCKET
+      size = _bucket_rows(len(chunk)) if batch_size == BATCH else batch_size
+      ids = np.full((size, width), pad, np.int32)
+      for k, r in enumerate(chunk):
+        ids[k, :len(r)] = r
+      langs = np.full(ids.shape, lang_id, np.int32)
+      out.append(np.asarray(fn(self.params, ids, langs))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+
+  def classify(self, first: Sequence[str], second: Sequence[str] | None = None, lang: str = "en",
+               batch_size: int = BATCH) -> list[str]:
+    """The label name of each sentence (or pair) in `lang`: the most probable class (`class_probabilities`)."""
+    probs = self.class_probabilities(first, second, lang=lang, batch_size=batch_size)
+    return [self.labels[int(i)] for i in probs.argmax(-1)]
 
   def lang_id(self, lang: str) -> int:
     if lang not in self.lang2id:
@@ -218,8 +273,9 @@ class Bundle:
     """Translate raw sentences from `src` into `tgt` (NMT bundles). Output i translates input i; empty stays
     empty. Uses the same decoder as validation BLEU and back-translation (`xlm_jax.decode`)."""
     if self.architecture != "encoder_decoder" or self.decoder_config is None:
-      raise UserError(f"bundle {self.path!r} is a pretrained encoder, not a translation model; train one with "
-                      "config.task='nmt' (configs/nmt.py) or convert an XLM MT checkpoint.")
+      what = "a classifier" if self.architecture == "classifier" else "a pretrained encoder"
+      raise UserError(f"bundle {self.path!r} is {what}, not a translation model, and cannot translate; train one "
+                      "with config.task='nmt' (configs/nmt.py) or convert an XLM MT checkpoint.")
     from xlm_jax.translate import translate_texts
     if isinstance(texts, str):
       texts = [texts]
@@ -287,6 +343,16 @@ def _all_layers_fn(model: Transformer):
 
 
 @functools.lru_cache(maxsize=8)
+def _classify_fn(model):
+  """jit(params, ids, langs) -> class probabilities of one example per row (its head reads token 0)."""
+  def run(p, ids, langs):
+    index = jnp.zeros((ids.shape[0], 1), jnp.int32)
+    logits = model.apply({"params": p}, ids, None, langs, None, index)[:, 0]
+    return jax.nn.softmax(logits, -1)
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=8)
 def _logits_fn(model: Transformer):
   return jax.jit(lambda p, ids, pos, langs: model.apply({"params": p}, ids, pos, langs))
 
@@ -304,6 +370,11 @@ def load(path: str) -> Bundle:
   shapes = lambda cfg: nn.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.key(0))))
   if bundle.architecture == "encoder":
     ckpt.check_same_shapes(shapes(bundle.model_config), params, f"bundle {path!r}")
+  elif bundle.architecture == "classifier":
+    from xlm_jax.model import init_classifier
+    expected = nn.unbox(jax.eval_shape(lambda: init_classifier(bundle.model_config, len(bundle.labels),
+                                                               jax.random.key(0))))
+    ckpt.check_same_shapes(expected, params, f"bundle {path!r}")
   elif bundle.decoder_config is not None:
     expected = {"encoder": shapes(bundle.model_config), "decoder": shapes(bundle.decoder_config)}
     ckpt.check_same_shapes(expected, params, f"bundle {path!r}")

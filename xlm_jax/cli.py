@@ -28,13 +28,14 @@ from xlm_jax.errors import UserError
 TASKS = ("pretrain", "demo", "nmt", "classify")
 # subcommand -> (module with main(argv), one line of help); modules that do not exist (yet) are not offered.
 SUBCOMMANDS = {
-    "train": ("xlm_jax.cli", "pretrain / nmt / demo from a config file (what main.py does)"),
+    "train": ("xlm_jax.cli", "pretrain / nmt / classify / demo from a config file (what main.py does)"),
     "translate": ("xlm_jax.translate", "translate text with an NMT bundle, line by line"),
     "convert": ("xlm_jax.convert", "convert checkpoints from/to transformers and original XLM"),
     "evaluate": ("xlm_jax.evaluate_cli", "held-out scores of a bundle on parallel text files"),
     "report": ("xlm_jax.report", "text summary and PNG plots of a workdir"),
     "plan": ("xlm_jax.plan", "compile the train step for a topology and show memory per device"),
-    "classify": ("xlm_jax.classify", "cross-lingual classification"),
+    "classify": ("xlm_jax.classify", "label sentences or sentence pairs (TSV on stdin) with a classifier bundle"),
+    "retrieval": ("xlm_jax.retrieval", "cross-lingual retrieval accuracy of a bundle's embeddings, per layer"),
 }
 
 
@@ -127,6 +128,9 @@ def run_task(config, workdir: str | None, print_config: bool = False) -> int:
     elif config.task == "nmt":
       from xlm_jax.train import nmt
       nmt.run(config, workdir)
+    elif config.task == "classify":
+      from xlm_jax.train import classify
+      classify.run(config, workdir)
     elif config.task == "demo":
       from xlm_jax import demo
       demo.run(config, workdir)

@@ -12,7 +12,7 @@ from xlm_jax.parallel import DEFAULT_RULES
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "pretrain"          # pretrain | demo (| nmt | classify)
+  c.task = "pretrain"          # pretrain | demo | nmt | classify
   c.seed = 0                   # every random choice (init, data order, masks, dropout) derives from it
   c.compilation_cache_dir = "~/.cache/xlm_jax/jit"  # persistent XLA compilation cache; '' disables it
 
@@ -65,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
                                        # thread of the training process)
   c.data.device_prefetch = 2           # batches copied to the devices ahead of the step that uses them
   c.data.prepare_workers = 1           # processes encoding text while preparing the token stores
+  # classification (config.task='classify'): comma-separated LANGS:SOURCE items (xlm_jax/data/labelled.py), e.g.
+  # 'en:/path/train.tsv', 'de+fr:/data/dev.{lang}.tsv.gz', 'de:xnli-official:/x/xnli.dev.tsv', 'ar:tfds:xnli/test'
+  c.data.train = ""                    # fine-tuning sets
+  c.data.eval = ""                     # held-out sets evaluated every log.eval_every steps (model selection)
+  c.data.test = ""                     # sets evaluated once with the selected model ('' = the table shows eval)
 
   c.init = ml_collections.ConfigDict()  # NMT: where the encoder and decoder start from
   c.init.bundle = ""                   # a pretraining workdir or checkpoint step
@@ -98,6 +103,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.nmt.roundtrip_sentences = 0        # unsupervised model selection: round-trip BLEU (l1->l2->l1) on this many
                                        # monolingual lines of roundtrip_split per back-translation direction (0 = off)
   c.nmt.roundtrip_split = "valid"
+
+  c.classify = ml_collections.ConfigDict()  # config.task='classify' (xlm_jax/train/classify.py)
+  c.classify.mode = "zero_shot"        # zero_shot | translate_train | translate_test
+  c.classify.translate_bundle = ""     # an NMT bundle translating the train sets (translate_train) or the held-out
+                                       # sets (translate_test); '' = the given files are already translated
+  c.classify.labels = ""               # label names in order ('' = the training labels, sorted)
+  c.classify.text_columns = ""         # '' = found by name (premise/hypothesis, sentence1/sentence2, text, ...)
+  c.classify.label_column = ""         # '' = label or gold_label
+  c.classify.row_length = 128          # tokens per packed row; longer examples are truncated (longest side first)
+  c.classify.head_dropout = 0.1        # dropout before the linear head (XLM's --dropout)
+  c.classify.lr_encoder = 2.5e-5       # peak learning rate of the encoder (XLM's --optimizer_e)
+  c.classify.lr_head = 2.5e-5          # peak learning rate of the head (XLM's --optimizer_p)
+  c.classify.finetune_layers = "0:"    # trained slice of [embeddings, layer 0, ..., layer n-1]: '0:' all, '3:' the
+                                       # top layers of a 4-layer model only, ':0' the head alone (XLM's 'i:j')
+  c.classify.select_lang = ""          # model selection on the eval set of this language ('' = the train language)
+  c.classify.seeds = "0"               # fine-tuning seeds (one run each in WORKDIR/seed_<s>; mean and std reported)
+  c.classify.unknown_lang = "error"    # a data language the bundle lacks: error | train (use the training
+                                       # language's id, marked in the table)
+  c.classify.translate_beam = 1        # beam of the translations made for translate_train / translate_test
+  c.classify.collapse_share = 0.9      # warn when one class takes more than this share of a set's predictions
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

@@ -13,10 +13,12 @@ into `plan(rng, n)` (a group's random draws and packing decisions, from the grou
   TranslationRows   MT (a pair direction) or denoising (a sentence, noised -> clean): source and target rows,
                     pairs packed on both sides at once; next-token targets on the target side
   BtRows            back-translation: one framed sentence per row, right-padded; the step translates it
+  ClassifyRows      classification: labelled examples `</s> a </s> b </s>` (pairs) or `</s> a </s>` packed
+                    first-fit decreasing, one language id on every token; the label at each example's first token
 
 The only per-example Python work is the packing decision (`packing.first_fit_decreasing`); reading, placing,
 framing and noising are numpy over the group. A later task (classification) adds a builder with the same three
-members and its own batch key to the `mixture.Mixture`.
+members and its own batch key ('cls') to the `mixture.Mixture`.
 """
 from __future__ import annotations
 
@@ -248,3 +250,69 @@ class BtRows:
   def eval_rows(self, max_rows: int) -> dict[str, np.ndarray]:
     raise UserError("back-translation steps have no held-out rows; evaluate MT directions instead.")
 
+
+
+class ClassifyRows:
+  """Labelled examples of one language packed into rows of `length` tokens.
+
+  `examples` holds example i as one sentence `a </s> b` (pairs; `a` alone for single sentences), so its framed form
+  is the reference's `</s> a </s> b </s>` (XLM's concat_batches with reset_positions=False: one shared `</s>`,
+  positions continuous over the example). Every token of an example carries `lang_id` (the reference gives both
+  halves the same language id). Example k of a row has segment k; `pred_index` [n, slots] is the first token of
+  each example of the row (where the head reads), `pred_targets` its label id, `pred_weights` 1 (0 on empty slots).
+  Every example must fit a row (the task truncates them beforehand). `slots` = length // 3, the most examples a row
+  can hold (the shortest example, `</s> x </s>`, has 3 tokens), so shapes never depend on the data."""
+
+  def __init__(self, examples: TokenStore, labels: np.ndarray, lang_id: int, length: int, pad_id: int,
+               pool: float = 1.3):
+    lengths = examples.lengths() + 2
+    if len(examples) == 0:
+      raise UserError("a classification set has no examples.")
+    if lengths.max() > length:
+      raise UserError(f"a classification example has {int(lengths.max())} tokens framed, more than a row of "
+                      f"{length}; truncate the examples to the row length first.")
+    self.store, self.labels = examples, np.asarray(labels, np.int32)
+    self.lang_id, self.length, self.pad_id, self.pool = lang_id, length, pad_id, pool
+    self.size = len(examples)
+    self.slots = length // 3
+    self.mean_tokens = float(lengths.mean())
+
+  def _build(self, picks: np.ndarray, row: np.ndarray, start: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    out = empty_rows(n, self.length, self.pad_id, self.lang_id)
+    keep = row >= 0
+    picks, row, col = picks[keep], row[keep], start[keep, 0]
+    seg = segment_numbers(row, col)
+    starts, lengths = _framed(self.store, picks)
+    place(out, self.store.tokens, starts, lengths, row, col, np.full(len(row), self.lang_id), seg)
+    index = np.zeros((n, self.slots), np.int32)
+    targets = np.zeros((n, self.slots), np.int32)
+    weights = np.zeros((n, self.slots), np.float32)
+    slot = seg - 1
+    index[row, slot] = col
+    targets[row, slot] = self.labels[picks]
+    weights[row, slot] = 1.0
+    out.update(pred_index=index, pred_targets=targets, pred_weights=weights)
+    return out
+
+  def plan(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(picked examples, their row, their start): the draws and the packing decision of one group."""
+    k = _pool(n, self.length, self.mean_tokens, self.pool)
+    picks = rng.integers(self.size, size=k)
+    row, start = first_fit_decreasing(self.store.lengths(picks) + 2, n, [self.length])
+    keep = row >= 0
+    return picks[keep], row[keep], start[keep]
+
+  def build(self, plans: list, n: int) -> dict[str, np.ndarray]:
+    picks = np.concatenate([p[0] for p in plans])
+    row = np.concatenate([p[1] + i * n for i, p in enumerate(plans)])
+    start = np.concatenate([p[2] for p in plans])
+    return self._build(picks, row, start, n * len(plans))
+
+  def rows(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    return self.build([self.plan(rng, n)], n)
+
+  def eval_rows(self, max_rows: int) -> dict[str, np.ndarray]:
+    """Every example in order (up to `max_rows` rows), packed first-fit sequentially."""
+    picks = np.arange(self.size)
+    row, start = first_fit_sequential(self.store.lengths(picks) + 2, [self.length], max_rows)
+    return self._build(picks, row, start, int(row.max()) + 1)

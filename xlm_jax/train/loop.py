@@ -108,6 +108,7 @@ class TrainTask:
   compute_dtype: str = "float32"
   extra_eval: Callable[[Any, int], dict] | None = None
   init_from: Callable[[Any], Any] | None = None  # params -> params, applied to a fresh state (NMT seeding)
+  optimizer: tuple | None = None  # (optax transformation, lr schedule) replacing config.train's (fine-tuning)
 
 
 def prediction_sums(logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray) -> Sums:
@@ -230,7 +231,7 @@ class TrainResult:
 def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
   """Train `task` for `config.train.steps` steps (resuming in `workdir` when it holds a checkpoint)."""
   rules = parallel.rules_from_config(config.mesh.rules)
-  tx, schedule = make_optimizer(config.train)
+  tx, schedule = task.optimizer if task.optimizer is not None else make_optimizer(config.train)
   create, target, shardings = sharded_state_layout(task.init_params, tx, config.seed, mesh, rules)
   checkpointer = ckpt.Checkpointer(f"{workdir}/checkpoints",
                                   keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)

@@ -56,6 +56,25 @@ def make_optimizer(train_cfg) -> tuple[optax.GradientTransformation, callable]:
   return optax.chain(*parts), schedule
 
 
+def make_split_optimizer(train_cfg, rates: dict[str, float], label_fn) -> tuple[optax.GradientTransformation, callable]:
+  """Adam(W) with one learning rate per parameter group (fine-tuning: the encoder and the head), the schedule of
+  `config.train` scaled to each group's rate; `label_fn(params) -> tree of group names` (a group not in `rates`,
+  e.g. 'frozen', is not updated at all). Global-norm clipping over all trained groups first. Returns (optimizer,
+  the first group's schedule, for logging)."""
+  unit = train_cfg.copy_and_resolve_references()
+  unit.lr = 1.0  # the schedule's shape; each group scales it by its rate
+  shape = make_schedule(unit)
+  scale = lambda rate: (lambda count: shape(count) * rate)
+  transforms = {name: optax.adamw(scale(rates[name]), b1=train_cfg.beta1, b2=train_cfg.beta2, eps=train_cfg.eps,
+                                  weight_decay=train_cfg.weight_decay) for name in rates}
+  transforms["frozen"] = optax.set_to_zero()
+  parts = []
+  if train_cfg.clip_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(train_cfg.clip_grad_norm))
+  parts.append(optax.multi_transform(transforms, label_fn))
+  return optax.chain(*parts), scale(next(iter(rates.values())))
+
+
 def parse_lambda(text: str | float | int, name: str = "lambda"):
   """A loss weight: a constant ('1') or a piecewise-linear schedule over steps ('0:1,10000:0.1,30000:0').
 
