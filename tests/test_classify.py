@@ -209,7 +209,7 @@ def test_tfds_xnli_and_multi_nli_with_mock_data():
 
 
 def test_bad_files_are_one_sentence(tmp_path):
-  missing = write_tsv(tmp_path / "missing.tsv", [("a", "b")], header=("premise", "label"))
+  missing = write_tsv(tmp_path / "missing.tsv", [("a", "b")], header=("words", "label"))
   with pytest.raises(UserError, match=r"missing\.tsv, line 1 \(header\): no text column"):
     read_table(missing, "en")
   half = write_tsv(tmp_path / "half.tsv", [("a", "b", "x")], header=("premise", "hypo", "label"))
@@ -317,3 +317,43 @@ def test_translate_test_official_layout_and_collapse_warning(tmp_path, bundles, 
   table = (workdir / "results.md").read_text()
   assert "de (id of en)" in table and "collapse to one class" in table  # any prediction share > 0 warns here
   assert "collapse to one class" in capsys.readouterr().out
+
+
+def test_xnli15_paper_recipe_shapes_and_data_path():
+  """The paper's recipe cannot run here (no weights, no MultiNLI): its config parses into the TFDS items, its data
+  path is read under mock data (test_tfds_xnli_and_multi_nli_with_mock_data), and a random model of the paper's
+  shape (12 layers, d=1024, V=95,000, 15 languages) goes through one abstract training step (shapes, parameter
+  groups, optimizer state; jax.eval_shape, no arithmetic)."""
+  import jax.numpy as jnp
+  from configs.classify import get_config
+  from configs.xlm_paper import get_config as paper
+  from xlm_jax.model import Classifier, init_classifier
+  from xlm_jax.run_setup import model_config
+  from xlm_jax.train import classify
+  from xlm_jax.train.optim import make_split_optimizer
+  c = get_config("xnli15_paper")
+  assert [i.lang for i in parse_items(c.data.eval, "eval")] == XNLI15
+  assert {i.kind for i in parse_items(c.data.train + "," + c.data.test, "x")} == {"tfds"}
+  p = paper("xlm_mlm_tlm_xnli15_1024")
+  cfg = model_config(p, 95000, 15, 2).replace(scan_layers=False, dtype="bfloat16")
+  params = jax.eval_shape(lambda: nn.unbox(init_classifier(cfg, 3, jax.random.key(0), 0.1)))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert n == 249_071_384 + 1024 * 3 + 3  # the bundle's parameters plus the head
+  tx, _ = make_split_optimizer(c.train, {"encoder": c.classify.lr_encoder, "head": c.classify.lr_head},
+                               lambda t: classify.group_labels(t, classify.parse_layer_range("0:", 12)))
+  model = Classifier(cfg, 3, 0.1)
+  loss = classify.make_loss(model)
+  rows, length = int(c.data.batch_size), int(c.classify.row_length)
+  batch = {"cls": {k: jax.ShapeDtypeStruct((rows, length), jnp.int32) for k in ("tokens", "positions", "langs",
+                                                                               "segment_ids")}}
+  batch["cls"].update(pred_index=jax.ShapeDtypeStruct((rows, length // 3), jnp.int32),
+                      pred_targets=jax.ShapeDtypeStruct((rows, length // 3), jnp.int32),
+                      pred_weights=jax.ShapeDtypeStruct((rows, length // 3), jnp.float32))
+
+  def step(params, batch):
+    grads = jax.grad(lambda q: loss.sums(q, batch, jax.random.key(0), False)["cls"].loss)(params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return updates
+
+  updates = jax.eval_shape(step, params, batch)
+  assert jax.tree.map(lambda x: x.shape, updates) == jax.tree.map(lambda x: x.shape, params)
