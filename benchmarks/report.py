@@ -396,6 +396,8 @@ def section_multi30k_unmt(lines):
       summary.append(f"Target >= {UNMT_TARGET:.0f} BLEU en->fr: {'reached' if best >= UNMT_TARGET else 'NOT reached'} "
                      f"(best {best:.2f}).")
     lines += [" ".join(summary), ""]
+
+
 def _pm(values: list[float]) -> str:
   """'mean ± std' in percent over seeds (the std with one degree of freedom; none for one seed)."""
   import statistics
