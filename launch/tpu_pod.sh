@@ -105,7 +105,7 @@ case "$command" in
     setup+="; if ! command -v python3.11 >/dev/null; then sudo add-apt-repository -y ppa:deadsnakes/ppa"
     setup+=" && sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv; fi"
     setup+="; [ -x .venv/bin/python ] || python3.11 -m venv .venv"
-    setup+="; .venv/bin/pip install -q -r requirements.txt -r requirements-tpu.txt"
+    setup+="; .venv/bin/pip install -q -r requirements.txt -r requirements-tpu.txt -r requirements-gcs.txt"
     on_workers all "$setup"
     start="cd ~/$remote_dir && mkdir -p logs && nohup .venv/bin/python main.py $(quote "$@")"
     start+=" > logs/\$(hostname).log 2>&1 < /dev/null & echo \$! > logs/main.pid"
