@@ -3,7 +3,7 @@
   # zero-shot paraphrase transfer en -> de (Multi30k task 2), MLM-only vs MLM+TLM bundles of the same budget
   python benchmarks/classify_xlingual.py paraphrase --bundles mlm=RUN_MLM,mlm_tlm=RUN_TLM --workdir W \
       --seeds 0,1,2 --out benchmarks/results/classify_paraphrase.json
-  # retrieval en<->fr, en<->de on test_2016_flickr, per layer, same bundles
+  # retrieval en<->fr, en<->de on test_2016_flickr, per layer, first-token and mean pooling, same bundles
   python benchmarks/classify_xlingual.py retrieval --bundles mlm=RUN_MLM,mlm_tlm=RUN_TLM \
       --out benchmarks/results/classify_retrieval.json
   # XNLI real files: fine-tune on test.en, select on dev.en, the 15 dev sets; translate-test de/fr with an NMT bundle
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
       b = xlm_jax.load(path)
       pairs = {p: read_aligned(data_dirs()[0], "test_2016_flickr", *p, args.n) for p in (("en", "fr"), ("en", "de"))}
       result["runs"][name] = {"bundle": path, "step": b.meta.get("step"), "split": "test_2016_flickr",
-                              "pairs": retrieval(b, pairs, "first")}
+                              "pairs": {pooling: retrieval(b, pairs, pooling) for pooling in ("first", "mean")}}
   else:
     result["runs"] = {}
     for name, path in bundles.items():

@@ -157,6 +157,17 @@ def run(args) -> None:
   write_json(args.out, result)
 
 
+def log_fit(curve: list[dict], key: str) -> tuple[float, float] | None:
+  """(a, b) of BLEU ~ a + b * ln(step), least squares over the last half of the curve (at least 3 points): the
+  projection docs/results.md states and the dashed line of the plot."""
+  import numpy as np
+  tail = [p for p in curve[len(curve) // 2:] if p["step"] > 0]
+  if len(tail) < 3:
+    return None
+  b, a = np.polyfit(np.log([p["step"] for p in tail]), [p[key] for p in tail], 1)
+  return float(a), float(b)
+
+
 def render(paths: list[str], png: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -167,6 +178,12 @@ def render(paths: list[str], png: str) -> None:
     steps = [p["step"] for p in d["curve"]]
     for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
       ax.plot(steps, [p[key] for p in d["curve"]], marker="o", label=f"{d['init']} ({d['variant']})")
+      fit = log_fit(d["curve"], key) if d["init"] == "pretrained" else None
+      if fit:  # the projection: the ln-fit of the last half, drawn to twice the last step
+        import numpy as np
+        xs = np.linspace(steps[len(steps) // 2], 2 * steps[-1], 50)
+        ax.plot(xs, fit[0] + fit[1] * np.log(xs), linestyle="--", color="grey",
+                label=f"ln-fit of the last half (projection)")
     axes[2].plot(steps, [p.get("roundtrip_bleu", float("nan")) for p in d["curve"]], marker="s", linestyle="--",
                  label=f"round-trip, {d['init']}")
     axes[2].plot(steps, [(p["bleu_en-fr"] + p["bleu_fr-en"]) / 2 for p in d["curve"]], marker="o",

@@ -344,6 +344,13 @@ def _slope_per_1000(curve: list[dict], key: str) -> float | None:
   return float(np.polyfit(x, y, 1)[0] * 1000)
 
 
+def _spearman(x: list[float], y: list[float]) -> float:
+  """Spearman's rank correlation (average ranks for ties)."""
+  import numpy as np
+  from scipy.stats import rankdata
+  return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+
+
 def section_multi30k_unmt(lines):
   runs = [d for _, d in each_result("multi30k_unmt_*.json") if d.get("curve")]
   if not runs:
@@ -390,11 +397,26 @@ def section_multi30k_unmt(lines):
       by_rt, by_true = max(curve, key=lambda q: q["roundtrip_bleu"]), max(curve, key=mean)
       summary.append(f"Selection: the best round-trip checkpoint (step {by_rt['step']:,}, round-trip "
                      f"{by_rt['roundtrip_bleu']:.2f}) has mean BLEU {mean(by_rt):.2f}; the best mean BLEU is "
-                     f"{mean(by_true):.2f} (step {by_true['step']:,}).")
+                     f"{mean(by_true):.2f} (step {by_true['step']:,}); Spearman rank correlation of round-trip "
+                     f"and mean BLEU over the {len(curve)} evaluations: "
+                     f"{_spearman([q['roundtrip_bleu'] for q in curve], [mean(q) for q in curve]):+.2f}.")
     if d["init"] == "pretrained":
       best = max(q["bleu_en-fr"] for q in curve)
       summary.append(f"Target >= {UNMT_TARGET:.0f} BLEU en->fr: {'reached' if best >= UNMT_TARGET else 'NOT reached'} "
                      f"(best {best:.2f}).")
+      from multi30k_unmt import log_fit  # the fit the curve plot draws
+      fit = log_fit(curve, "bleu_en-fr")
+      if best < UNMT_TARGET and fit and fit[1] > 0:
+        import math
+        at = math.exp((UNMT_TARGET - fit[0]) / fit[1])
+        rate = last["step"] / max(last.get("seconds", 0.0), 1e-9)
+        summary.append(f"Projection (en->fr ~ {fit[0]:.2f} + {fit[1]:.2f} ln(step), fitted on the last half of the "
+                       f"curve; an extrapolation, and UNMT curves tend to flatten, so read it as a lower bound on the "
+                       f"steps needed): {UNMT_TARGET:.0f} BLEU near step {at:,.0f}, about {at / rate / 3600:,.1f} h "
+                       f"at this run's {rate:.2f} steps/s (evaluations included).")
+      elif best < UNMT_TARGET and fit:
+        summary.append(f"Projection: en->fr is not rising over the last half of the curve (ln-fit slope "
+                       f"{fit[1]:+.2f}); more steps of this model would not reach {UNMT_TARGET:.0f} BLEU.")
     lines += [" ".join(summary), ""]
 
 
@@ -427,17 +449,20 @@ def section_classify(lines):
                     "gap en - de (points)"], rows) + [""]
     lines += provenance(para) + [""]
   if ret:
-    lines += ["### Retrieval without fine-tuning (test_2016_flickr, first-token embeddings, cosine)", "",
+    lines += ["### Retrieval without fine-tuning (test_2016_flickr, sentence embeddings, cosine)", "",
               "Top-1 accuracy of finding each sentence's translation among all N candidates; layer 0 is the "
-              "embedding layer's output.", ""]
+              "embedding layer's output; `first`: the state at the first token (`</s>`), `mean`: the mean over "
+              "the sentence's tokens.", ""]
     rows = []
     for name, run in ret["runs"].items():
-      for pair, r in run["pairs"].items():
-        l1, l2 = pair.split("-")
-        for row in r["layers"]:
-          rows.append([name, pair, row["layer"], r["n"], f"{100 * row[f'{l1}->{l2}']:.1f}",
-                       f"{100 * row[f'{l2}->{l1}']:.1f}", f"{100 * r['chance']:.2f}"])
-    lines += table(["pretraining", "pair", "layer", "N", "l1->l2 %", "l2->l1 %", "chance %"], rows) + [""]
+      by_pooling = run["pairs"] if "mean" in run["pairs"] else {"first": run["pairs"]}
+      for pooling, pairs in by_pooling.items():
+        for pair, r in pairs.items():
+          l1, l2 = pair.split("-")
+          for row in r["layers"]:
+            rows.append([name, pooling, pair, row["layer"], r["n"], f"{100 * row[f'{l1}->{l2}']:.1f}",
+                         f"{100 * row[f'{l2}->{l1}']:.1f}", f"{100 * r['chance']:.2f}"])
+    lines += table(["pretraining", "pooling", "pair", "layer", "N", "l1->l2 %", "l2->l1 %", "chance %"], rows) + [""]
     lines += provenance(ret) + [""]
   if xnli:
     lines += ["### XNLI, real files (fine-tuned on test.en, selected on dev.en, dev sets of 15 languages)", "",

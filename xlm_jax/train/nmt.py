@@ -312,8 +312,10 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
                       f"({'; '.join(differ) or 'task ' + repr(existing.get('task'))}); use another --workdir.")
   lang2id = {l: i for i, l in enumerate(languages)}
   cache_dir = paths.data_cache_dir(config.data.cache_dir, workdir)  # local even for a gs:// workdir
+  # train pairs only where supervised MT reads them: an unsupervised run needs parallel valid/test text only
   para = {p: run_setup.prepare_para(corpus, *p, tokenizer, cache_dir, config.data.max_len,
-                                   splits=("train", "valid", "test") if p in eval_pairs else ("train",))
+                                   splits=(("train",) if p in pairs else ()) + (("valid", "test") if p in eval_pairs
+                                                                               else ()))
           for p in sorted(set(pairs) | set(eval_pairs))}
   windows = run_setup.parse_line_windows(config.data.mono_lines, languages)
   mono = {l: run_setup.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",), lines=windows.get(l))
