@@ -33,11 +33,14 @@ import numpy as np  # noqa: E402
 
 import bench_common  # noqa: E402
 import train_step  # noqa: E402
-from configs.multi30k import get_config  # noqa: E402
+from xlm_jax.config_base import load_config_module  # noqa: E402
 from xlm_jax import parallel  # noqa: E402
 from xlm_jax.model import init_params  # noqa: E402
 from xlm_jax.tokenizer import frame  # noqa: E402
 from xlm_jax.train import pretrain  # noqa: E402
+
+# config files are loaded by path (the repository root need not be on sys.path)
+get_config = load_config_module(os.path.join(bench_common.ROOT, "configs", "multi30k.py")).get_config
 
 TARGET = 3.0  # issue 13: ours >= 3x transformers on the same token budget
 LANGS = ("en", "fr")

@@ -28,9 +28,12 @@ import numpy as np  # noqa: E402
 
 import bench_common  # noqa: E402
 import train_step  # noqa: E402
-from configs import xlm_paper  # noqa: E402
+from xlm_jax.config_base import load_config_module  # noqa: E402
 from xlm_jax.config_base import parse_list  # noqa: E402
 from xlm_jax.model import init_params  # noqa: E402
+
+# config files are loaded by path (the repository root need not be on sys.path)
+xlm_paper = load_config_module(os.path.join(bench_common.ROOT, "configs", "xlm_paper.py"))
 from xlm_jax.model.transformer import train_flops  # noqa: E402
 from xlm_jax.train.flops import measured_peak_flops  # noqa: E402
 from xlm_jax.train.pretrain import model_config  # noqa: E402

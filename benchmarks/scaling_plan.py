@@ -49,7 +49,8 @@ def compute(presets, out: str, resume: bool = False) -> dict:
   so an interrupted run still renders the rows it has."""
   import jax
   from importlib import metadata
-  from configs.xlm_paper import get_config
+  from xlm_jax.config_base import load_config_module
+  get_config = load_config_module(os.path.join(ROOT, "configs", "xlm_paper.py")).get_config
   from xlm_jax import plan as plan_lib
   commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
   data = {"command": "python " + " ".join(sys.argv), "commit": commit, "machine": machine(), "jax": jax.__version__,
