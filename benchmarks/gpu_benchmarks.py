@@ -18,6 +18,7 @@ The JSON records the device, the jax version and the command. Nothing here runs 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
