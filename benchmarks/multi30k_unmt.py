@@ -107,7 +107,7 @@ def run(args) -> None:
   enable_compilation_cache("~/.cache/xlm_jax/jit")
   started = time.time()
   result = {**provenance(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load_average_start": list(os.getloadavg()), "variant": args.variant, "init": args.init, "steps": args.steps,
+            "load_average_start": list(os.getloadavg()), "variant": args.variant, "init": args.init, "label": args.label or args.init, "steps": args.steps,
             "eval_every": args.eval_every, "status": "running", "curve": []}
   bundle = args.bundle
   if args.init == "pretrained":
@@ -131,7 +131,7 @@ def run(args) -> None:
   result["config"] = {"unmt": json.loads(json.dumps(config.to_dict(), default=str))}
   result["tokenizer"] = tokenizer_stats(args.tokenizer or os.path.join(bundle, "tokenizer.json"),
                                         config.data.corpus)
-  workdir = os.path.join(args.workdir, f"unmt_{args.init}")
+  workdir = os.path.join(args.workdir, f"unmt_{args.label or args.init}")
   mesh = parallel.make_mesh(config.mesh.to_dict())
   task, _ = nmt.build_task(config, workdir, mesh)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -177,17 +177,17 @@ def render(paths: list[str], png: str) -> None:
   for d in runs:
     steps = [p["step"] for p in d["curve"]]
     for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
-      ax.plot(steps, [p[key] for p in d["curve"]], marker="o", label=f"{d['init']} ({d['variant']})")
-      fit = log_fit(d["curve"], key) if d["init"] == "pretrained" else None
+      ax.plot(steps, [p[key] for p in d["curve"]], marker="o", label=f"{d.get('label', d['init'])} ({d['variant']})")
+      fit = log_fit(d["curve"], key) if d.get("label", d["init"]) == "pretrained" else None
       if fit:  # the projection: the ln-fit of the last half, drawn to twice the last step
         import numpy as np
         xs = np.linspace(steps[len(steps) // 2], 2 * steps[-1], 50)
         ax.plot(xs, fit[0] + fit[1] * np.log(xs), linestyle="--", color="grey",
                 label=f"ln-fit of the last half (projection)")
     axes[2].plot(steps, [p.get("roundtrip_bleu", float("nan")) for p in d["curve"]], marker="s", linestyle="--",
-                 label=f"round-trip, {d['init']}")
+                 label=f"round-trip, {d.get('label', d['init'])}")
     axes[2].plot(steps, [(p["bleu_en-fr"] + p["bleu_fr-en"]) / 2 for p in d["curve"]], marker="o",
-                 label=f"true BLEU (mean), {d['init']}")
+                 label=f"true BLEU (mean), {d.get('label', d['init'])}")
   if runs and runs[0]["curve"]:
     first = runs[0]["curve"][0]
     for ax, key in zip(axes[:2], ("source_bleu_en-fr", "source_bleu_fr-en")):
@@ -227,6 +227,8 @@ def main():
   r.add_argument("--variant", default="tiny", help="configs/multi30k.py size: tiny, small, base")
   r.add_argument("--init", choices=("pretrained", "scratch"), required=True)
   r.add_argument("--bundle", default="", help="an MLM pretraining on the halves (default: pretrain here)")
+  r.add_argument("--label", default="", help="the run's name in the JSON, the plot and WORKDIR/unmt_<label> "
+                 "(default: --init); e.g. a diagnostic run from another bundle")
   r.add_argument("--tokenizer", default="", help="scratch: the pretraining's tokenizer.json")
   r.add_argument("--pretrain-steps", type=int, default=4000)
   r.add_argument("--steps", type=int, default=3000)

@@ -302,8 +302,7 @@ UNMT_TARGET = 20.0  # issue 14: en->fr BLEU of the MLM-initialised model (Lample
 
 
 UNMT_GAP = [
-    "Where the gap to Lample et al. (2018) comes from, read against the reference (XLM's UNMT command) line by "
-    "line; settings, not measurements:", "",
+    "The settings, read against the reference (XLM's UNMT command) line by line:", "",
     "| | before issue 14 | `configs/nmt.py:multi30k_unsup` now | reference |",
     "|---|---|---|---|",
     "| a run with only denoising + back-translation | crashed building its held-out MT sets (KeyError 'mt'; "
@@ -320,10 +319,13 @@ UNMT_GAP = [
     "| pretraining | MLM on the halves (`small`, 4,000 steps) | MLM on the halves (`<size>_halves`) | MLM on "
     "millions of monolingual sentences |",
     "| budget | 4,000 steps (about 90 s on one H100) | the curves below | days on 8 GPUs |", "",
-    "The code path matches the reference; the setting furthest from it is the budget, and the curves say whether "
-    "BLEU is still rising where the runs stop. The run to launch on one GPU (`small`: 256-d, 4 layers, BPE 8,000; "
-    "about 8 minutes of pretraining and 20-30 minutes of UNMT on an H100, scaled from the 4,000-step runs above):",
-    "", "```",
+    "The code path matches the reference; the settings furthest from it are the model size, the pretraining "
+    "and the budget. What the runs here measured (the figures come from the curves below and the retrieval JSON):", "",
+    ]
+
+
+UNMT_GPU_RUN = [
+    "```",
     "python benchmarks/multi30k_unmt.py run --variant small --init pretrained --pretrain-steps 20000 --steps 50000 "
     "--eval-every 2500 --workdir runs/unmt_small --out benchmarks/results/multi30k_unmt_small_pretrained.json",
     "python benchmarks/multi30k_unmt.py run --variant small --init scratch --tokenizer "
@@ -351,11 +353,86 @@ def _spearman(x: list[float], y: list[float]) -> float:
   return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
 
 
+def _unmt_gpu_estimate() -> str:
+  """The GPU run's expected time, scaled from the measured H100 runs (benchmarks/results/gpu/): the `small` MLM
+  pretraining (multi30k_pretrain.json) and the 4,000-step UNMT run (nmt_unsup_enfr_pretrained.json)."""
+  head = ("The run to launch on one GPU (`small`: 256-d, 4 layers, BPE 8,000; 20,000 pretraining and 50,000 UNMT "
+          "steps)")
+  pre, unmt = load("multi30k_pretrain.json"), load(os.path.join("gpu", "nmt_unsup_enfr_pretrained.json"))
+  try:
+    pre_s = pre["seconds"] / pre["steps"]
+    run = unmt["unsup_enfr_pretrained"]
+    unmt_s = run["seconds"] / run["steps"]
+  except (TypeError, KeyError, ZeroDivisionError):
+    return head + ":"
+  return (head + f"; at the rates measured on an H100 ({pre_s * 1000:.1f} ms per pretraining step, "
+          f"{unmt_s * 1000:.1f} ms per UNMT step, {unmt['machine']}) about {20000 * pre_s / 60:.0f} minutes of "
+          f"pretraining and {50000 * unmt_s / 60:.0f} minutes of UNMT training, plus the BLEU and round-trip "
+          f"evaluations every 2,500 steps:")
+
+
+def _unmt_evidence(runs: list[dict]) -> list[str]:
+  """The measured part of the diagnosis, from the curves and the retrieval JSON: does the unsupervised criterion
+  follow BLEU, does pretraining beat scratch at equal steps, and how aligned the MLM initialisation is."""
+  out = []
+  by_label = {d.get("label", d["init"]): d for d in runs if d["variant"] == runs[0]["variant"]}
+  pre, scr = by_label.get("pretrained"), by_label.get("scratch")
+  mean = lambda q: (q["bleu_en-fr"] + q["bleu_fr-en"]) / 2
+  if pre and len(pre["curve"]) >= 2 and "roundtrip_bleu" in pre["curve"][0]:
+    a, b = pre["curve"][0], pre["curve"][-1]
+    out.append(f"- The model learns a code of its own, not a translation: from step {a['step']:,} to "
+               f"{b['step']:,} of the MLM-initialised run, round-trip BLEU (en->fr->en, fr->en->fr) rose from "
+               f"{a['roundtrip_bleu']:.1f} to {b['roundtrip_bleu']:.1f} while the true BLEU (mean of both directions) "
+               f"went from {mean(a):.2f} to {mean(b):.2f}, and the output copies its source at "
+               f"{b['copy_bleu_en-fr']:.1f} / {b['copy_bleu_fr-en']:.1f} BLEU (en->fr / fr->en): back-translation "
+               f"reconstructs the input through intermediate 'French' that is not a translation of it.")
+  if pre and scr:
+    common = sorted({q["step"] for q in pre["curve"]} & {q["step"] for q in scr["curve"]})
+    if common:
+      at = common[-1]
+      p_, s_ = (next(q for q in d["curve"] if q["step"] == at) for d in (pre, scr))
+      out.append(f"- At step {at:,}, MLM initialisation gives {p_['bleu_en-fr']:.2f} / {p_['bleu_fr-en']:.2f} BLEU "
+                 f"(en->fr / fr->en) against {s_['bleu_en-fr']:.2f} / {s_['bleu_fr-en']:.2f} from scratch: at this "
+                 f"scale the pretraining does not give back-translation the start it needs.")
+  aligned = by_label.get("mlm_tlm_init")
+  if pre and aligned:
+    common = sorted({q["step"] for q in pre["curve"]} & {q["step"] for q in aligned["curve"]})
+    if common:
+      at = common[-1]
+      p_, a_ = (next(q for q in d["curve"] if q["step"] == at) for d in (pre, aligned))
+      out.append(f"- A better-aligned start changes the outcome: the same recipe and model size started from an "
+                 f"MLM+TLM pretraining on all of Multi30k ({aligned['pretraining']['bundle']}; TLM reads parallel "
+                 f"text, so this run is not unsupervised, only a test of the initialisation) gives "
+                 f"{a_['bleu_en-fr']:.2f} / {a_['bleu_fr-en']:.2f} BLEU at step {at:,} against "
+                 f"{p_['bleu_en-fr']:.2f} / {p_['bleu_fr-en']:.2f} from the MLM on the halves (run "
+                 f"`mlm_tlm_init` below).")
+  ret = load("classify_retrieval.json")
+  halves = (ret or {}).get("runs", {}).get("mlm_halves")
+  if halves and "mean" in halves["pairs"]:
+    def best(run, pair):
+      rows = [r for pooling in run["pairs"].values() if pair in pooling for r in pooling[pair]["layers"]]
+      return max(max(r["en->fr"], r["fr->en"]) for r in rows) if rows else None
+    h = best(halves, "en-fr")
+    n = halves["pairs"]["mean"]["en-fr"]["n"]
+    line = (f"- The initialisation is barely cross-lingual: with the MLM pretraining on the halves (the UNMT "
+            f"init), a sentence's translation is the nearest of {n:,} test_2016_flickr candidates for at most "
+            f"{100 * h:.1f}% of sentences (best layer and pooling; chance {100 / n:.2f}%)")
+    tlm = ret["runs"].get("mlm_tlm")
+    if tlm and best(tlm, "en-fr") is not None:
+      line += (f", against {100 * best(tlm, 'en-fr'):.1f}% for an MLM+TLM pretraining of the tiny size on all of "
+               f"Multi30k (parallel text, not allowed here)")
+    out.append(line + ". Lample et al. (2018) start from word embeddings aligned across the languages; UNMT's "
+               "back-translation needs such a start to produce translations rather than a private code "
+               "(retrieval: section 'Retrieval without fine-tuning' below).")
+  return out + [""] if out else []
+
+
 def section_multi30k_unmt(lines):
   runs = [d for _, d in each_result("multi30k_unmt_*.json") if d.get("curve")]
   if not runs:
     return
-  runs.sort(key=lambda d: (d["init"] != "pretrained", d["variant"]))
+  name = lambda d: d.get("label", d["init"])
+  runs.sort(key=lambda d: (name(d) != "pretrained", name(d) != "scratch", d["variant"], name(d)))
   lines += ["## Unsupervised en<->fr on the Multi30k disjoint halves: BLEU against steps (issue 14)", "",
             "English from training lines 0-14,499, French from lines 14,500-28,999 (no pair seen); MLM-only "
             "pretraining on the same halves (`configs/multi30k.py:<size>_halves`), then denoising + on-the-fly "
@@ -364,11 +441,11 @@ def section_multi30k_unmt(lines):
             "the unsupervised selection criterion; 'copies' is the BLEU of the output against its own source (high: "
             "the model copies instead of translating); 'copy the source' is the baseline of not translating.", "",
             "![UNMT curves](img/multi30k_unmt.png)", ""]
-  lines += UNMT_GAP + [""]
+  lines += UNMT_GAP + _unmt_evidence(runs) + [_unmt_gpu_estimate()] + UNMT_GPU_RUN + [""]
   for d in runs:
     curve = d["curve"]
     last = curve[-1]
-    lines += [f"### {d['init']} ({d['variant']}), {d.get('status', '?')} at step {last['step']:,} of "
+    lines += [f"### {name(d)} ({d['variant']}), {d.get('status', '?')} at step {last['step']:,} of "
               f"{d['steps']:,}", "", *provenance(d)]
     if d.get("tokenizer"):
       t = d["tokenizer"]
@@ -392,7 +469,7 @@ def section_multi30k_unmt(lines):
       slope = _slope_per_1000(curve, key)
       if slope is not None:
         summary.append(f"{key[5:]}: {slope:+.2f} BLEU per 1,000 steps over the last half of the curve.")
-    if all("roundtrip_bleu" in q for q in curve):
+    if len(curve) >= 4 and all("roundtrip_bleu" in q for q in curve):
       mean = lambda q: (q["bleu_en-fr"] + q["bleu_fr-en"]) / 2
       by_rt, by_true = max(curve, key=lambda q: q["roundtrip_bleu"]), max(curve, key=mean)
       summary.append(f"Selection: the best round-trip checkpoint (step {by_rt['step']:,}, round-trip "
@@ -400,7 +477,7 @@ def section_multi30k_unmt(lines):
                      f"{mean(by_true):.2f} (step {by_true['step']:,}); Spearman rank correlation of round-trip "
                      f"and mean BLEU over the {len(curve)} evaluations: "
                      f"{_spearman([q['roundtrip_bleu'] for q in curve], [mean(q) for q in curve]):+.2f}.")
-    if d["init"] == "pretrained":
+    if name(d) == "pretrained":
       best = max(q["bleu_en-fr"] for q in curve)
       summary.append(f"Target >= {UNMT_TARGET:.0f} BLEU en->fr: {'reached' if best >= UNMT_TARGET else 'NOT reached'} "
                      f"(best {best:.2f}).")
