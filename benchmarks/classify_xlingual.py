@@ -41,6 +41,21 @@ def bundles_arg(text: str) -> dict[str, str]:
   return out
 
 
+def bundle_recipe(bundle: str) -> dict:
+  """How a pretraining bundle was trained, from its config.json: what a reader needs to make it again."""
+  import json
+  from xlm_jax import paths
+  path = paths.join(bundle, "config.json")
+  if not paths.exists(path):
+    return {}
+  c = json.loads(paths.read_text(path))
+  data, model, train = c.get("data", {}), c.get("model", {}), c.get("train", {})
+  return {"corpus": data.get("corpus"), "languages": data.get("languages"), "mlm_steps": data.get("mlm_steps"),
+          "mono_lines": data.get("mono_lines"), "vocab_size": data.get("vocab_size"), "steps": train.get("steps"),
+          "lr": train.get("lr"), "batch_size": data.get("batch_size"), "bptt": data.get("bptt"),
+          "model": {k: model.get(k) for k in ("emb_dim", "n_layers", "n_heads")}}
+
+
 def finetune(variant: str, bundle: str, workdir: str, overrides: dict) -> dict:
   from xlm_jax.train import classify
   c = load_config(os.path.join(REPO, "configs", "classify.py") + ":" + variant)
@@ -66,7 +81,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
   bundles = bundles_arg(args.bundles)
-  result = {"what": args.what, "bundles": bundles, **provenance()}
+  result = {"what": args.what, "bundles": bundles, **provenance(),
+            "bundle_recipes": {name: bundle_recipe(path) for name, path in bundles.items()}}
   common = {"classify.seeds": args.seeds}
   if args.steps:
     common["train.steps"] = args.steps

@@ -386,26 +386,25 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
                f"went from {mean(a):.2f} to {mean(b):.2f}, and the output copies its source at "
                f"{b['copy_bleu_en-fr']:.1f} / {b['copy_bleu_fr-en']:.1f} BLEU (en->fr / fr->en): back-translation "
                f"reconstructs the input through intermediate 'French' that is not a translation of it.")
-  if pre and scr:
-    common = sorted({q["step"] for q in pre["curve"]} & {q["step"] for q in scr["curve"]})
-    if common:
-      at = common[-1]
-      p_, s_ = (next(q for q in d["curve"] if q["step"] == at) for d in (pre, scr))
-      out.append(f"- At step {at:,}, MLM initialisation gives {p_['bleu_en-fr']:.2f} / {p_['bleu_fr-en']:.2f} BLEU "
-                 f"(en->fr / fr->en) against {s_['bleu_en-fr']:.2f} / {s_['bleu_fr-en']:.2f} from scratch: at this "
-                 f"scale the pretraining does not give back-translation the start it needs.")
+  def last_common(a: dict, b: dict):
+    """The two runs' evaluations at the last step both reached (None when they share none)."""
+    common = sorted({q["step"] for q in a["curve"]} & {q["step"] for q in b["curve"]})
+    return tuple(next(q for q in d["curve"] if q["step"] == common[-1]) for d in (a, b)) if common else None
+
+  both = lambda q: f"{q['bleu_en-fr']:.2f} / {q['bleu_fr-en']:.2f}"
+  if pre and scr and last_common(pre, scr):
+    p_, s_ = last_common(pre, scr)
+    gain = mean(p_) - mean(s_)
+    out.append(f"- At step {p_['step']:,}, MLM initialisation gives {both(p_)} BLEU (en->fr / fr->en) against "
+               f"{both(s_)} from scratch ({gain:+.2f} mean)" + (": at this scale the pretraining does not give "
+               "back-translation the start it needs." if gain < 1.0 else "."))
   aligned = by_label.get("mlm_tlm_init")
-  if pre and aligned:
-    common = sorted({q["step"] for q in pre["curve"]} & {q["step"] for q in aligned["curve"]})
-    if common:
-      at = common[-1]
-      p_, a_ = (next(q for q in d["curve"] if q["step"] == at) for d in (pre, aligned))
-      out.append(f"- A better-aligned start changes the outcome: the same recipe and model size started from an "
-                 f"MLM+TLM pretraining on all of Multi30k ({aligned['pretraining']['bundle']}; TLM reads parallel "
-                 f"text, so this run is not unsupervised, only a test of the initialisation) gives "
-                 f"{a_['bleu_en-fr']:.2f} / {a_['bleu_fr-en']:.2f} BLEU at step {at:,} against "
-                 f"{p_['bleu_en-fr']:.2f} / {p_['bleu_fr-en']:.2f} from the MLM on the halves (run "
-                 f"`mlm_tlm_init` below).")
+  if pre and aligned and last_common(pre, aligned):
+    p_, a_ = last_common(pre, aligned)
+    out.append(f"- The initialisation, tested: the same recipe and model size started from an MLM+TLM pretraining "
+               f"on all of Multi30k ({aligned['pretraining']['bundle']}; TLM reads parallel text, so this run is not "
+               f"unsupervised, only a test of the initialisation) gives {both(a_)} BLEU at step {a_['step']:,} "
+               f"against {both(p_)} from the MLM on the halves (run `mlm_tlm_init` below).")
   ret = load("classify_retrieval.json")
   halves = (ret or {}).get("runs", {}).get("mlm_halves")
   if halves and "mean" in halves["pairs"]:
@@ -504,6 +503,18 @@ def _pm(values: list[float]) -> str:
   return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
+def _recipes(data: dict) -> list[str]:
+  """One line per pretraining bundle: how it was trained (from its config.json, recorded by the benchmark)."""
+  out = []
+  for name, r in (data.get("bundle_recipes") or {}).items():
+    if r:
+      m = r.get("model") or {}
+      out.append(f"- `{name}`: {r.get('steps'):,} steps of `{r.get('mlm_steps')}` on {r.get('languages')} "
+                 f"(lines {r.get('mono_lines') or 'all'}), d={m.get('emb_dim')}, {m.get('n_layers')} layers, BPE "
+                 f"{r.get('vocab_size'):,}, batch {r.get('batch_size')}x{r.get('bptt')}, lr {r.get('lr')}")
+  return out + [""] if out else []
+
+
 def section_classify(lines):
   """Issue #10: zero-shot paraphrase transfer (Multi30k task 2), retrieval per layer, XNLI real files."""
   para, ret, xnli = load("classify_paraphrase.json"), load("classify_retrieval.json"), load("classify_xnli.json")
@@ -523,7 +534,7 @@ def section_classify(lines):
                    + os.path.basename(run["bundle"].rstrip("/")), len(by["en"]["acc"]), _pm(by["en"]["acc"]),
                    _pm(by["de"]["acc"]), _pm([e - d for e, d in zip(by["en"]["acc"], by["de"]["acc"])])])
     lines += table(["pretraining", "bundle", "seeds", "English test acc %", "German test acc % (zero-shot)",
-                    "gap en - de (points)"], rows) + [""]
+                    "gap en - de (points)"], rows) + [""] + _recipes(para)
     lines += provenance(para) + [""]
   if ret:
     lines += ["### Retrieval without fine-tuning (test_2016_flickr, sentence embeddings, cosine)", "",
@@ -540,6 +551,7 @@ def section_classify(lines):
             rows.append([name, pooling, pair, row["layer"], r["n"], f"{100 * row[f'{l1}->{l2}']:.1f}",
                          f"{100 * row[f'{l2}->{l1}']:.1f}", f"{100 * r['chance']:.2f}"])
     lines += table(["pretraining", "pooling", "pair", "layer", "N", "l1->l2 %", "l2->l1 %", "chance %"], rows) + [""]
+    lines += _recipes(ret)
     lines += provenance(ret) + [""]
   if xnli:
     lines += ["### XNLI, real files (fine-tuned on test.en, selected on dev.en, dev sets of 15 languages)", "",
