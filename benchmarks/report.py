@@ -487,8 +487,9 @@ def section_multi30k_unmt(lines):
         at = math.exp((UNMT_TARGET - fit[0]) / fit[1])
         rate = last["step"] / max(last.get("seconds", 0.0), 1e-9)
         summary.append(f"Projection (en->fr ~ {fit[0]:.2f} + {fit[1]:.2f} ln(step), fitted on the last half of the "
-                       f"curve; an extrapolation, and UNMT curves tend to flatten, so read it as a lower bound on the "
-                       f"steps needed): {UNMT_TARGET:.0f} BLEU near step {at:,.0f}, about {at / rate / 3600:,.1f} h "
+                       f"curve; an extrapolation far beyond the data, which says where this curve's trend leads, not a "
+                       f"forecast: UNMT curves can flatten sooner, or jump once back-translation starts to produce "
+                       f"translations): {UNMT_TARGET:.0f} BLEU near step {at:,.0f}, about {at / rate / 3600:,.1f} h "
                        f"at this run's {rate:.2f} steps/s (evaluations included).")
       elif best < UNMT_TARGET and fit:
         summary.append(f"Projection: en->fr is not rising over the last half of the curve (ln-fit slope "
