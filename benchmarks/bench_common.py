@@ -58,3 +58,17 @@ def write_json(path: str, result: dict) -> None:
     json.dump(result, f, indent=1)
     f.write("\n")
   print(f"wrote {path}")
+
+
+def add_host_malloc_flag(parser) -> None:
+  """`--host-malloc keep|system`: the C allocator setting of the whole benchmark process (both frameworks)."""
+  parser.add_argument("--host-malloc", choices=("keep", "system"), default="keep",
+                      help="keep: glibc keeps freed blocks mapped, as xlm_jax's runs do by default "
+                           "(config.host_malloc); system: glibc defaults. It applies to every framework in the "
+                           "process, so a comparison stays like for like.")
+
+
+def apply_host_malloc(mode: str) -> dict:
+  """Apply `--host-malloc` before any large allocation; the record for the JSON."""
+  from xlm_jax import host_memory
+  return {"host_malloc": mode, "host_malloc_effect": host_memory.configure(mode)}

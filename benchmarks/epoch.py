@@ -159,12 +159,14 @@ def parse_args(argv=None):
   p.add_argument("--workdir", default="/tmp/xlm_jax_epoch", help="tokenizer and prepared data (reused)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
+  bench_common.add_host_malloc_flag(p)
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  record = bench_common.provenance()
+  host_malloc = bench_common.apply_host_malloc(args.host_malloc)  # before XLA's threads start
+  record = dict(bench_common.provenance(), **host_malloc)
   import torch
   torch.set_num_threads(os.cpu_count() or 1)
   config, task, context = build_ours(args.variant, os.path.join(args.workdir, args.variant))

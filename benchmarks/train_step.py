@@ -184,6 +184,7 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, default=1, help="steps per setting per round")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="write the results as JSON here")
+  bench_common.add_host_malloc_flag(p)
   return p.parse_args(argv)
 
 
@@ -193,7 +194,8 @@ def main(argv=None):
   unknown = [s for s in settings if s not in SETTINGS]
   if unknown:
     raise SystemExit(f"unknown setting(s) {unknown}; choose from {SETTINGS}")
-  record = bench_common.provenance()
+  host_malloc = bench_common.apply_host_malloc(args.host_malloc)  # before XLA's threads start
+  record = dict(bench_common.provenance(), **host_malloc)
   import torch
   torch.set_num_threads(os.cpu_count() or 1)
   cfg32 = model_config(args.size, "float32")

@@ -114,7 +114,7 @@ def test_nan_with_nonfinite_stop_exits_naming_step_objective_and_batch(tmp_path)
   proc = run_main(str(tmp_path), {"train.lr": "nan", "train.schedule": "constant", "train.nonfinite": "stop",
                                   "train.steps": 6, "checkpoint.every": 2})
   line = error_line(proc)
-  assert "step 0: non-finite loss, gradient or update" in line and "batch checksum" in line
+  assert "step 0: non-finite loss, gradient or learning rate" in line and "batch checksum" in line
   assert "config.train.nonfinite='stop'" in line
   root = tmp_path / "checkpoints"
   assert not root.exists() or not [n for n in os.listdir(root) if n.isdigit()]

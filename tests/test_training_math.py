@@ -190,3 +190,21 @@ def test_clm_trains_through_the_loop(tmp_path):
   assert len(train) == 6 and all("clm_loss" in r and "mlm_loss" not in r for r in train)
   assert train[-1]["clm_loss"] < train[0]["clm_loss"]
   assert any(k.endswith("clm_loss") for k in result.metrics)
+
+
+def test_prediction_sums_match_optax_cross_entropy_argmax_accuracy_and_their_gradient():
+  """The fused cross-entropy (one max for the log-sum-exp and the accuracy) equals optax's loss and gradient and
+  `argmax == target` accuracy, on logits large enough to overflow a naive exp."""
+  from xlm_jax.train.loop import prediction_sums
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(3, 5, 97)).astype(np.float32) * 30.0)
+  targets = jnp.asarray(rng.integers(0, 97, (3, 5)).astype(np.int32))
+  targets = targets.at[0, :3].set(jnp.argmax(logits[0, :3], -1))  # some slots predicted right
+  weights = jnp.asarray((rng.random((3, 5)) < 0.8).astype(np.float32))
+  sums = prediction_sums(logits, targets, weights)
+  reference = lambda l: jnp.sum(optax.softmax_cross_entropy_with_integer_labels(l, targets) * weights)
+  np.testing.assert_allclose(float(sums.loss), float(reference(logits)), rtol=1e-6)
+  assert float(sums.correct) == float(jnp.sum((jnp.argmax(logits, -1) == targets) * weights))
+  assert float(sums.correct) >= 1.0
+  grad = jax.grad(lambda l: prediction_sums(l, targets, weights).loss)(logits)
+  np.testing.assert_allclose(np.asarray(grad), np.asarray(jax.grad(reference)(logits)), atol=1e-6)

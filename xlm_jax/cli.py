@@ -119,6 +119,8 @@ def run_task(config, workdir: str | None, print_config: bool = False) -> int:
     check_workdir(workdir)
   try:
     enable_compilation_cache(config.compilation_cache_dir)
+    from xlm_jax import host_memory
+    logging.info(host_memory.configure(config.host_malloc))
     from xlm_jax import parallel
     parallel.initialize_distributed(config.distributed.coordinator, config.distributed.num_processes,
                                     config.distributed.process_id, config.distributed.timeout_s)
