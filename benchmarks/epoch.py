@@ -22,6 +22,7 @@ compilation is reported separately and not timed (it happens once per run, whate
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import os
 import time
@@ -189,7 +190,7 @@ def main(argv=None):
   model = train_step.torch_model(cfg.replace(dtype="float32"), params)
   probe = {}
   for bf16 in (False, True):
-    runner = train_step.Torch(train_step.copy.deepcopy(model), bf16=bf16, lr=config.train.lr)
+    runner = train_step.Torch(copy.deepcopy(model), bf16=bf16, lr=config.train.lr)
     run_torch(runner, rows, rows_per_batch, masking, 1, 0)  # warm-up
     probe["torch-bf16" if bf16 else "torch-fp32"] = run_torch(runner, rows, rows_per_batch, masking, 3 * 300, 0)[3]
   torch_setting = min(probe, key=probe.get)
