@@ -56,7 +56,7 @@ import numpy as np
 
 from xlm_jax import parallel
 from xlm_jax.config_base import load_config
-from xlm_jax.data.loader import Loader
+from xlm_jax.data.loader import DEFAULT_STEPS_PER_ELEMENT, Loader
 from xlm_jax.data.mixture import Mixture
 from xlm_jax.provenance import REPO
 from xlm_jax.train import pretrain
@@ -143,15 +143,18 @@ def time_model(init_params, loss, local: list, config, mesh, repeats: int) -> di
           "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}"}
 
 
-def time_loader(batches: Mixture, workers: int, steps: int, repeats: int, first_step: int = 1000) -> dict:
+def time_loader(batches: Mixture, workers: int, steps: int, repeats: int, first_step: int = 1000,
+                steps_per_element: int = DEFAULT_STEPS_PER_ELEMENT) -> dict:
   """Tokens/s delivered by the Grain loader with `workers` processes, confined (with this process) to `workers`
-  CPUs: median over `repeats` windows of `steps` consecutive steps, after 5 warm-up steps."""
+  CPUs: median over `repeats` windows of `steps` consecutive steps, after one element of warm-up steps."""
   before = os.sched_getaffinity(0)
   cpus = sorted(before)[:workers]
   os.sched_setaffinity(0, set(cpus))  # the spawned workers inherit it
   try:
-    loader = Loader(batches, first_step, first_step + 5 + steps * repeats, workers=workers)
-    for _ in range(5):
+    warm = max(5, steps_per_element)
+    loader = Loader(batches, first_step, first_step + warm + steps * repeats, workers=workers,
+                    steps_per_element=steps_per_element)
+    for _ in range(warm):
       next(loader)
     rates = []
     for _ in range(repeats):
@@ -162,7 +165,7 @@ def time_loader(batches: Mixture, workers: int, steps: int, repeats: int, first_
   finally:
     os.sched_setaffinity(0, before)
   return {"tokens_per_sec": statistics.median(rates), "runs_tokens_per_sec": [round(x) for x in rates],
-          "steps": steps, "repeats": repeats, "cpus": cpus}
+          "steps": steps, "repeats": repeats, "cpus": cpus, "steps_per_element": steps_per_element}
 
 
 def old_paths(tree: str, names: list[str], repeats: int, workdir: str, multi30k: str | None) -> dict:

@@ -123,15 +123,15 @@ def test_loader_resumes_at_the_exact_batch_and_workers_do_not_change_batches(set
   _, tok, _, prepared = setup
   b = make_batches(prepared, tok, clm="xa")
   direct = [batch_checksum(b.batch(s)) for s in range(6)]
-  for workers in (0, 1, 2):
-    it = Loader(b, 0, 6, workers=workers)
+  for workers, chunk in ((0, 1), (1, 3), (2, 8)):  # steps per Grain element do not change the batches either
+    it = Loader(b, 0, 6, workers=workers, steps_per_element=chunk)
     seq = [batch_checksum(next(it)[1]) for _ in range(4)]
     state = it.state()
     it.close()
-    assert seq == direct[:4], f"{workers} workers"
+    assert seq == direct[:4], f"{workers} workers, {chunk} steps per element"
     assert state["next_step"] == 4
-  it = Loader(b, 3, 6, workers=2)  # resumed at step 3
-  assert [batch_checksum(local) for _, local, _ in it] == direct[3:]
+  it = Loader(b, 3, 6, workers=2, steps_per_element=2)  # resumed at step 3: chunks (3, 4) and (5,)
+  assert [(step, batch_checksum(local)) for step, local, _ in it] == list(enumerate(direct, 0))[3:]
   it.close()
 
 

@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.workers = -1                  # input worker processes building batches (-1: the cores available; 0: a
                                        # thread of the training process)
   c.data.device_prefetch = 2           # batches copied to the devices ahead of the step that uses them
+  c.data.steps_per_element = 16       # steps a worker builds and hands over at once (one transfer per element);
+                                       # the batches are the same for any value
   c.data.prepare_workers = 1           # processes encoding text while preparing the token stores
   # classification (config.task='classify'): comma-separated LANGS:SOURCE items (xlm_jax/data/labelled.py), e.g.
   # 'en:/path/train.tsv', 'de+fr:/data/dev.{lang}.tsv.gz', 'de:xnli-official:/x/xnli.dev.tsv', 'ar:tfds:xnli/test'

@@ -324,7 +324,8 @@ def train(task: TrainTask, config, workdir: str, mesh) -> TrainResult:
     from xlm_jax.data.loader import Loader
     from xlm_jax.data.mixture import batch_checksum
     iterator = Loader(task.batches, start_step, total_steps, workers=config.data.workers, mesh=mesh,
-                      device_prefetch=config.data.device_prefetch)
+                      device_prefetch=config.data.device_prefetch,
+                      steps_per_element=config.data.get("steps_per_element", 16))
     # every process records the checksums of its own rows (process i > 0 in batch_checksums.process<i>.jsonl)
     suffix = f".process{jax.process_index()}" if jax.process_index() else ""
     checksums = paths.AppendFile(paths.join(workdir, f"batch_checksums{suffix}.jsonl")) \
