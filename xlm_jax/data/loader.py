@@ -56,13 +56,12 @@ def pack(batches: list[dict]) -> tuple[np.ndarray, Layout]:
 
 
 def unpack(buffer: np.ndarray, layout: Layout) -> list[dict]:
-  """The batches `pack` made, as views of `buffer` (no copy)."""
+  """The batches `pack` made, as views of `buffer` (no copy; each view keeps `buffer` alive)."""
   out: list[dict] = []
   for i, key, field, dtype, shape, offset in layout:
     while len(out) <= i:
       out.append({})
-    n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    out[i].setdefault(key, {})[field] = np.asarray(buffer[offset:offset + n]).view(dtype).reshape(shape)
+    out[i].setdefault(key, {})[field] = np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset)
   return out
 
 
