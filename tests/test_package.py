@@ -59,3 +59,24 @@ def test_pip_install_import_anywhere_and_console_command(tmp_path):
   assert not (elsewhere / "checkpoints").exists() and os.listdir(elsewhere) == []
   wrong = subprocess.run([*command, "trian"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
   assert wrong.returncode == 2 and "error: unknown command 'trian'" in wrong.stderr, wrong.stderr
+
+
+def test_provenance_marks_code_changes_dirty_but_not_benchmark_outputs(tmp_path):
+  """A figure of uncommitted code says so (+dirty); a results JSON or a rendered doc rewritten by an earlier run
+  of the same script sequence does not count as a code change."""
+  import subprocess
+  from xlm_jax.provenance import git_commit
+  run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+  run("init", "-q")
+  for rel in ("code.py", "benchmarks/results/r.json", "docs/results.md"):
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text("0\n")
+  run("add", "-A")
+  run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+  head = git_commit(str(tmp_path))
+  assert head and not head.endswith("+dirty")
+  (tmp_path / "benchmarks/results/r.json").write_text("1\n")
+  (tmp_path / "docs/results.md").write_text("1\n")
+  assert git_commit(str(tmp_path)) == head
+  (tmp_path / "code.py").write_text("1\n")
+  assert git_commit(str(tmp_path)) == head + "+dirty"

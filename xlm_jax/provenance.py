@@ -13,15 +13,23 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What a benchmark writes, not code: changes here do not make a figure one of uncommitted code. (A script that
+# writes several results in a row would otherwise mark every run after the first `+dirty`.)
+OUTPUT_PATHS = ("benchmarks/results/", "docs/")
+
+
 def git_commit(repo: str = REPO) -> str | None:
-  """HEAD of the repository holding this package, with `+dirty` when tracked files differ; None outside git."""
+  """HEAD of the repository holding this package, with `+dirty` when tracked files other than benchmark outputs
+  (`OUTPUT_PATHS`) differ from it; None outside git."""
   try:
     head = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-    dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, check=True)
+    status = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                            text=True, check=True)
   except (OSError, subprocess.CalledProcessError):
     return None
-  return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+  changed = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+  dirty = [path for path in changed if not path.startswith(OUTPUT_PATHS)]
+  return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def machine() -> dict:
