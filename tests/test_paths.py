@@ -66,7 +66,7 @@ def test_urls_survive_every_path_function(tmp_path):
   seen = {}
   monkey_task = lambda config, workdir: seen.setdefault("workdir", workdir)
   import types
-  config = types.SimpleNamespace(compilation_cache_dir="", task="pretrain",
+  config = types.SimpleNamespace(compilation_cache_dir="", host_malloc="system", task="pretrain",
                                  distributed=types.SimpleNamespace(coordinator="", num_processes=0, process_id=-1,
                                                                    timeout_s=5))
   import xlm_jax.train.pretrain as pretrain

@@ -15,8 +15,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = "pretrain"          # pretrain | demo | nmt | classify
   c.seed = 0                   # every random choice (init, data order, masks, dropout) derives from it
   c.compilation_cache_dir = "~/.cache/xlm_jax/jit"  # persistent XLA compilation cache; '' disables it
-  c.host_malloc = "keep"       # keep: glibc keeps freed host memory mapped (CPU steps ~1.5x faster at d=256,
-                               # resident memory stays at its peak); system: glibc defaults (xlm_jax/host_memory.py)
+  c.host_malloc = "keep"       # keep: glibc keeps freed host memory mapped (faster CPU steps, no page faults per
+                               # step; resident memory stays at its peak); system: glibc defaults (host_memory.py)
 
   c.model = ml_collections.ConfigDict()
   c.model.emb_dim = 256

@@ -3,19 +3,21 @@
 XLA:CPU allocates every step's large temporaries (the vocabulary logits, the embedding's gradient, the bfloat16
 copies of the weights) with `posix_memalign`. glibc serves a block over its mmap threshold (at most 32 MiB), and
 any large block requested from a worker thread's arena, with a fresh `mmap`, and `free` unmaps it: every step then
-page-faults all its temporaries back in, one 4 KiB page at a time. Measured on this project's CPU machines (issue
-13): writing a fresh 131 MB output cost 38 ms, of which 34 ms were 32,000 page faults; the d=256 MLM train step
-went from about 300 ms to 190 ms once freed blocks stayed mapped. PyTorch's CPU allocator goes through the same
-`posix_memalign`, so a process that holds both (the benchmarks) speeds up both.
+page-faults all its temporaries back in, one 4 KiB page at a time (a 131 MB buffer is 32,000 faults, which took
+longer than the work written into it; `tests/test_host_memory.py` counts the faults, docs/benchmarks.md has the
+step times under each setting). PyTorch's CPU allocator goes through the same `posix_memalign`, so a process that
+holds both (the benchmarks) speeds up both.
 
 `keep_freed_blocks()` sets three glibc options: one arena (worker-thread arenas fall back to `mmap` for blocks
 larger than their 64 MiB heaps whatever the threshold), no `mmap` for large blocks, and no trimming of the heap's
 top. It must run before jax starts its backends: a thread that has already allocated keeps its own arena, so a
 late call changes nothing for XLA's threads (it says so instead). `xlm-jax train` / `main.py` apply
-`config.host_malloc` before anything touches a device. The trap: the process's resident memory then stays at its peak (freed blocks are reused, not returned), which
-is what a training process wants and a long-lived notebook kernel that trains once and then does other work may
-not. `config.host_malloc='system'` leaves glibc's defaults alone. Elsewhere than glibc (macOS, musl) it is a no-op
-and says so.
+`config.host_malloc` before anything touches a device.
+The traps: the process's resident memory stays at its peak (freed blocks are reused, not returned), which is what
+a training process wants and a long-lived notebook kernel that trains once and then does other work may not; and
+with one arena, every thread of the process shares one heap, so another framework's allocations in the same
+process (PyTorch in the benchmarks) interleave with XLA's and can slow it. `config.host_malloc='system'` leaves
+glibc's defaults alone. Elsewhere than glibc (macOS, musl) it is a no-op and says so.
 """
 from __future__ import annotations
 
