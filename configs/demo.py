@@ -20,7 +20,10 @@ def get_config(arg: str | None = None):
   c.data.generated_sizes.n_mono = 20000
   c.data.generated_sizes.n_para = 10000
   c.data.vocab_size = 1000
-  c.data.mlm_steps = "xa,xb,xc,xa-xb,xb-xa,xa-xc,xc-xa,xb-xc,xc-xb"  # MLM on each language, TLM on every pair
+  # MLM on each language, TLM on the pair the NMT phase translates (both orders). TLM on all six directions spreads
+  # the same steps over three cross-lingual lexicons, and within the demo's budget the model then barely used the
+  # translation in the row (held-out TLM accuracy with and without it within a point).
+  c.data.mlm_steps = "xa,xb,xc,xa-xb,xb-xa"
   c.data.bptt = 128                    # a TLM pair of two 2-clause sentences fits: no pair is skipped
   c.data.batch_size = 16
   c.data.eval_rows = 128
@@ -30,7 +33,7 @@ def get_config(arg: str | None = None):
   c.model.dropout = 0.1
   c.model.attention_dropout = 0.1
   c.model.dtype = "bfloat16"
-  c.train.steps = 1500                 # the pretraining phase (about 3 minutes on 2 CPU cores with AVX-512 BF16)
+  c.train.steps = 4000                 # the pretraining phase (about 4 minutes on 2 CPU cores with AVX-512 BF16)
   c.train.lr = 2e-3
   c.train.warmup_steps = 100
   c.train.clip_grad_norm = 1.0

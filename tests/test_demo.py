@@ -8,6 +8,13 @@ import pytest
 from conftest import FULL, run_main
 
 
+def test_tlm_directions_follow_the_trained_pairs():
+  from xlm_jax.demo import tlm_directions
+  assert tlm_directions("xa,xb,xc,xa-xb,xb-xa", ["xa", "xb", "xc"]) == [("xa", "xb"), ("xb", "xa")]
+  assert tlm_directions("xa,xb", ["xa", "xb"]) == [("xa", "xb"), ("xb", "xa")]  # no TLM: every ordered pair
+  assert len(tlm_directions("", ["xa", "xb", "xc"])) == 6
+
+
 @pytest.mark.slow
 def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
   workdir = tmp_path / "demo"
@@ -30,10 +37,11 @@ def test_demo_runs_reports_and_leaves_a_loadable_bundle(tmp_path):
     assert min(float(v) for _, v in bleu) > 20.0
   figures = json.load(open(workdir / "demo.json"))
   s = figures["summary"]
-  assert sorted(figures["mlm"]) == ["xa", "xb", "xc"] and len(figures["tlm"]) == 6
+  assert sorted(figures["mlm"]) == ["xa", "xb", "xc"] and sorted(figures["tlm"]) == ["xa_given_xb", "xb_given_xa"]
   assert 0.0 <= s["unigram_acc"] <= 1.0 and s["unigram_ppl"] > 1.0 and figures["mlm"]["xa"]["n_masked"] > 0
   if FULL:
     assert s["mlm_acc"] >= 2 * s["unigram_acc"], s
+    assert s["tlm_with_translation_acc"] > s["tlm_without_translation_acc"], s
   assert re.search(r"held-out MLM accuracy [0-9.]+ vs unigram baseline [0-9.]+", proc.stdout), proc.stdout
   assert all(len(f) >= 1 and f[0]["masked"].count("<mask>") == 1 for f in figures["fill_ins"].values())
   assert 0 <= s["tlm_pairs_skipped"] and all(0.0 <= t["with_context_acc"] <= 1.0 for t in figures["tlm"].values())

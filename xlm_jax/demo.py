@@ -1,11 +1,12 @@
 """The demo: the whole chain at toy scale on the project's generated corpus.
 
-1. pretraining (MLM on each language + TLM on every language pair) in `WORKDIR/pretrain`;
+1. pretraining (MLM on each language + TLM on the xa-xb pair, both orders) in `WORKDIR/pretrain`;
 2. an NMT model whose encoder and decoder both start from that checkpoint, trained on xa<->xb pairs, in
    `WORKDIR/nmt`;
 3. held-out numbers, printed and written to `WORKDIR/demo.json`: masked-LM accuracy and perplexity per language
    beside the unigram baseline they must beat (`xlm_jax.evaluate.masked_lm_accuracy`), TLM accuracy on the same
-   masked tokens with and without the translation in the row (`tlm_context_accuracy`), a few masked words filled
+   masked tokens with and without the translation in the row, on the directions TLM trained on
+   (`tlm_context_accuracy`, `tlm_directions`), a few masked words filled
    in per language, and BLEU of the translation model on the generated test set (detokenized sacreBLEU).
 Both checkpoints open with `xlm_jax.load(...)`. Re-running the command resumes where it stopped.
 """
@@ -17,6 +18,7 @@ import time
 import numpy as np
 
 from xlm_jax import paths
+from xlm_jax.data.mixture import parse_steps
 from xlm_jax.train import nmt, pretrain
 
 HELD_OUT = 500        # held-out sentences (and pairs) per measurement
@@ -26,6 +28,13 @@ UNIGRAM_TEXT = 5000   # training sentences per language the unigram baseline is 
 def _mean_over(metrics: dict, prefix: str, suffix: str) -> float:
   values = [v for k, v in metrics.items() if k.startswith(prefix) and k.endswith(suffix)]
   return float(np.mean(values)) if values else float("nan")
+
+
+def tlm_directions(mlm_steps: str, languages) -> list[tuple[str, str]]:
+  """(context, target) language pairs to measure TLM on: each TLM entry 'l1-l2' of `mlm_steps` gives (l1, l2), the
+  order its training rows have; without TLM entries, every ordered pair of `languages`."""
+  pairs = [s.langs for s in parse_steps(mlm_steps, "mlm") if len(s.langs) == 2]
+  return pairs or [(a, b) for a in languages for b in languages if a != b]
 
 
 def held_out_figures(bundle_dir: str, seed: int = 0) -> dict:
@@ -42,13 +51,11 @@ def held_out_figures(bundle_dir: str, seed: int = 0) -> dict:
     out["fill_ins"][lang] = [f for f in (fill_word(b, text, lang) for text in b.held_out(lang, split="test", n=3))
                              if f is not None]
   length = int(b.config["data"]["bptt"])
-  for ctx in b.languages:
-    for lang in b.languages:
-      if ctx != lang:
-        pairs = [(tok.encode(c, ctx), tok.encode(t, lang)) for c, t in b.held_out(ctx, lang, n=HELD_OUT)]
-        out["tlm"][f"{lang}_given_{ctx}"] = tlm_context_accuracy(
-            b.params, b.model_config, pairs, b.lang_id(ctx), b.lang_id(lang), eos_id=tok.eos_id, pad_id=tok.pad_id,
-            mask_id=tok.mask_id, length=length, seed=seed)
+  for ctx, lang in tlm_directions(b.config["data"].get("mlm_steps", ""), b.languages):
+    pairs = [(tok.encode(c, ctx), tok.encode(t, lang)) for c, t in b.held_out(ctx, lang, n=HELD_OUT)]
+    out["tlm"][f"{lang}_given_{ctx}"] = tlm_context_accuracy(
+        b.params, b.model_config, pairs, b.lang_id(ctx), b.lang_id(lang), eos_id=tok.eos_id, pad_id=tok.pad_id,
+        mask_id=tok.mask_id, length=length, seed=seed)
   mean = lambda table, key: float(np.mean([v[key] for v in table.values()]))
   out["summary"] = {"mlm_acc": mean(out["mlm"], "acc"), "unigram_acc": mean(out["mlm"], "unigram_acc"),
                     "mlm_ppl": mean(out["mlm"], "ppl"), "unigram_ppl": mean(out["mlm"], "unigram_ppl"),
