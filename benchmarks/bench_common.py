@@ -6,10 +6,12 @@ repository root; this directory is not a package).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import time
+import traceback
 
 import jax
 
@@ -61,14 +63,72 @@ def write_json(path: str, result: dict) -> None:
 
 
 def add_host_malloc_flag(parser) -> None:
-  """`--host-malloc keep|system`: the C allocator setting of the whole benchmark process (both frameworks)."""
+  """`--host-malloc keep|system`: the C allocator setting of every benchmark process (both frameworks)."""
   parser.add_argument("--host-malloc", choices=("keep", "system"), default="keep",
                       help="keep: glibc keeps freed blocks mapped, as xlm_jax's runs do by default "
-                           "(config.host_malloc); system: glibc defaults. It applies to every framework in the "
-                           "process, so a comparison stays like for like.")
+                           "(config.host_malloc); system: glibc defaults. It applies to every framework's process, "
+                           "so a comparison stays like for like.")
 
 
 def apply_host_malloc(mode: str) -> dict:
   """Apply `--host-malloc` before any large allocation; the record for the JSON."""
   from xlm_jax import host_memory
   return {"host_malloc": mode, "host_malloc_effect": host_memory.configure(mode)}
+
+
+def _serve(conn, host_malloc: str, factory, args) -> None:
+  """The body of a `SideProcess`: apply the allocator setting, build the side, answer method calls until None."""
+  try:
+    record = apply_host_malloc(host_malloc)  # before the framework allocates anything
+    side = factory(*args)
+    conn.send(("ok", record))
+  except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+    conn.send(("error", traceback.format_exc()))
+    return
+  while True:
+    message = conn.recv()
+    if message is None:
+      return
+    method, call_args = message
+    try:
+      conn.send(("ok", getattr(side, method)(*call_args)))
+    except BaseException:  # noqa: BLE001
+      conn.send(("error", traceback.format_exc()))
+
+
+class SideProcess:
+  """One side of a side-by-side benchmark (our step, or transformers') in its own spawned process.
+
+  Each framework then has its own C heap and thread pools, as when a user runs either alone: in one process the two
+  share glibc's arenas, and with `host_malloc=keep` (one arena) each framework's frees and reuse slowed the other's
+  steps. `factory(*args)` builds the side in the child (it must be a module-level function and its arguments
+  picklable); `call(method, *args)` runs `side.method(*args)` there and returns its (picklable) result; a failure
+  in the child raises here with the child's traceback. The caller alternates calls, so only one side runs at a
+  time. Scripts that use it need an `if __name__ == "__main__":` guard (spawned children import them).
+  """
+
+  def __init__(self, factory, *args, host_malloc: str = "keep"):
+    context = multiprocessing.get_context("spawn")
+    self._conn, child = context.Pipe()
+    self._process = context.Process(target=_serve, args=(child, host_malloc, factory, args), daemon=True)
+    self._process.start()
+    child.close()
+    self.host_malloc = self._receive()
+
+  def _receive(self):
+    try:
+      status, value = self._conn.recv()
+    except EOFError:
+      raise RuntimeError(f"benchmark side process exited (exit code {self._process.exitcode})") from None
+    if status == "error":
+      raise RuntimeError(f"benchmark side process failed:\n{value}")
+    return value
+
+  def call(self, method: str, *args):
+    self._conn.send((method, args))
+    return self._receive()
+
+  def close(self) -> None:
+    if self._process.is_alive():
+      self._conn.send(None)
+      self._process.join(timeout=30)

@@ -15,7 +15,9 @@ until each has trained on `--budget` predicted (target) tokens; 15% of real toke
   Adam; the faster of fp32 / bf16 autocast on this machine (a short probe of both decides). Rows per batch are set
   so that a batch holds about as many real tokens as one objective of one of our steps (`--torch-rows` fixes it
   instead); random batches of many rows padded to their longest row are mostly padding, which is the point.
-The budget is spent in two alternating halves (ours, transformers, ours, transformers) so machine noise hits both.
+The budget is spent in two alternating halves (ours, transformers, ours, transformers) so machine noise hits both;
+each framework runs in its own process (`bench_common.SideProcess`: its own C heap and thread pools, as when run
+alone), under the same `--host-malloc` setting.
 Timed: building the batches from token ids (tokenising is done beforehand for both) plus the steps; our
 compilation is reported separately and not timed (it happens once per run, whatever its length).
 """
@@ -151,6 +153,79 @@ def run_torch(runner, rows: PaddedRows, rows_per_batch: dict, masking, budget: i
   return turn, done, n, time.perf_counter() - t
 
 
+class OursSide:
+  """Our side, in its own process: the config's task and jitted donated step, compiled on construction."""
+
+  def __init__(self, variant: str, workdir: str, seed: int):
+    import jax.numpy as jnp
+    config, task, context = build_ours(variant, workdir)
+    cfg = context["model_config"]
+    params = nn.unbox(init_params(cfg.replace(dtype="float32"), jax.random.key(seed)))
+    self.params_f32 = jax.device_get(params)
+    self.task, self.step_fn, self.state = task, *train_step.ours_step(cfg, params, lr=config.train.lr)
+    t = time.perf_counter()
+    first = task.batches.batch(0)
+    self.state, metrics = self.step_fn(self.state, jax.tree.map(jnp.asarray, first))
+    jax.block_until_ready(metrics)
+    real = sum(int(np.sum(b["segment_ids"] > 0)) for b in first.values())
+    slots = sum(int(np.prod(b["segment_ids"].shape)) for b in first.values())
+    self.info = {"compile_s": time.perf_counter() - t, "real_tokens": real, "slots": slots,
+                 "objectives": sorted(first), "batch_rows": config.data.batch_size, "row_length": config.data.bptt,
+                 "model": {"emb_dim": cfg.emb_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+                           "vocab": cfg.vocab_size, "dtype": cfg.dtype, "dropout": cfg.dropout}}
+    self.next_step = 1
+
+  def describe(self) -> dict:
+    return self.info
+
+  def initial_params(self):
+    return self.params_f32
+
+  def run(self, budget: int) -> tuple[int, int, float]:
+    """Steps until `budget` more targets are trained: (targets, steps, seconds)."""
+    first = self.next_step
+    self.state, self.next_step, done, seconds = run_ours(self.step_fn, self.state, self.task, first, budget)
+    return done, self.next_step - first, seconds
+
+
+class TorchSide:
+  """transformers' side, in its own process: padded batches as a user builds them, the faster of fp32 / bf16."""
+
+  def __init__(self, variant: str, workdir: str, seed: int, params, real_per_objective: float, torch_rows: int):
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    config, _, context = build_ours(variant, workdir)  # the same tokenizer and prepared data (reused)
+    cfg, self.masking = context["model_config"], context["masking"]
+    self.rows = PaddedRows(read_pairs(config.data.corpus), context["tokenizer"], context["lang2id"],
+                           config.data.bptt, seed)
+    # one of our steps holds `real_per_objective` real tokens per objective; a batch of one objective gets as many
+    self.rows_per_batch = {k: torch_rows or max(1, round(real_per_objective / self.rows.mean_length(k)))
+                           for k in self.rows.streams}
+    model = train_step.torch_model(cfg.replace(dtype="float32"), params)
+    self.probe = {}
+    for bf16 in (False, True):
+      runner = train_step.Torch(copy.deepcopy(model), bf16=bf16, lr=config.train.lr)
+      run_torch(runner, self.rows, self.rows_per_batch, self.masking, 1, 0)  # warm-up
+      self.probe["torch-bf16" if bf16 else "torch-fp32"] = run_torch(
+          runner, self.rows, self.rows_per_batch, self.masking, 3 * 300, 0)[3]
+    self.setting = min(self.probe, key=self.probe.get)
+    self.runner = train_step.Torch(model, bf16=self.setting.endswith("bf16"), lr=config.train.lr)
+    run_torch(self.runner, self.rows, self.rows_per_batch, self.masking, 1, 0)
+    self.turn = 0
+
+  def describe(self) -> dict:
+    # padding share of the transformers batches (one fresh batch per stream, same builder)
+    fill = {k: float(np.mean(self.rows.batch(k, self.rows_per_batch[k], self.masking)["ours"]["mlm"]["segment_ids"]
+                             > 0)) for k in self.rows.streams}
+    return {"setting": self.setting, "probe_seconds": self.probe, "rows_per_batch": self.rows_per_batch,
+            "non_pad_share_by_stream": fill}
+
+  def run(self, budget: int) -> tuple[int, int, float]:
+    self.turn, done, n, seconds = run_torch(self.runner, self.rows, self.rows_per_batch, self.masking, budget,
+                                            self.turn)
+    return done, n, seconds
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--variant", default="small", help="configs/multi30k.py variant (model size, vocabulary, batch)")
@@ -166,68 +241,43 @@ def parse_args(argv=None):
 
 def main(argv=None):
   args = parse_args(argv)
-  host_malloc = bench_common.apply_host_malloc(args.host_malloc)  # before XLA's threads start
+  host_malloc = bench_common.apply_host_malloc(args.host_malloc)
   record = dict(bench_common.provenance(), **host_malloc)
-  import torch
-  torch.set_num_threads(os.cpu_count() or 1)
-  config, task, context = build_ours(args.variant, os.path.join(args.workdir, args.variant))
-  cfg, tok, masking = context["model_config"], context["tokenizer"], context["masking"]
-  params = nn.unbox(init_params(cfg.replace(dtype="float32"), jax.random.key(args.seed)))
-  step, state = train_step.ours_step(cfg, params, lr=config.train.lr)
-  t = time.perf_counter()
-  first = task.batches.batch(0)
-  state, metrics = step(state, jax.tree.map(jax.numpy.asarray, first))
-  jax.block_until_ready(metrics)
-  compile_s = time.perf_counter() - t
-  ours_real = sum(int(np.sum(b["segment_ids"] > 0)) for b in first.values())
-  ours_slots = sum(int(np.prod(b["segment_ids"].shape)) for b in first.values())
-
-  rows = PaddedRows(read_pairs(config.data.corpus), tok, context["lang2id"], config.data.bptt, args.seed)
-  # one of our steps holds `ours_real` real tokens over its objectives; a transformers batch of one objective
-  # gets about as many
-  rows_per_batch = {k: args.torch_rows or max(1, round(ours_real / len(first) / rows.mean_length(k)))
-                    for k in rows.streams}
-  model = train_step.torch_model(cfg.replace(dtype="float32"), params)
-  probe = {}
-  for bf16 in (False, True):
-    runner = train_step.Torch(copy.deepcopy(model), bf16=bf16, lr=config.train.lr)
-    run_torch(runner, rows, rows_per_batch, masking, 1, 0)  # warm-up
-    probe["torch-bf16" if bf16 else "torch-fp32"] = run_torch(runner, rows, rows_per_batch, masking, 3 * 300, 0)[3]
-  torch_setting = min(probe, key=probe.get)
-  runner = train_step.Torch(model, bf16=torch_setting.endswith("bf16"), lr=config.train.lr)
-  run_torch(runner, rows, rows_per_batch, masking, 1, 0)
-
+  workdir = os.path.join(args.workdir, args.variant)
+  ours_side = bench_common.SideProcess(OursSide, args.variant, workdir, args.seed, host_malloc=args.host_malloc)
+  info = ours_side.call("describe")
+  torch_side = bench_common.SideProcess(
+      TorchSide, args.variant, workdir, args.seed, ours_side.call("initial_params"),
+      info["real_tokens"] / len(info["objectives"]), args.torch_rows, host_malloc=args.host_malloc)
   half = args.budget // 2
   ours = {"seconds": 0.0, "targets": 0, "steps": 0}
   theirs = {"seconds": 0.0, "targets": 0, "steps": 0, "padded_slots": 0}
-  next_step, turn = 1, 0
   for _ in range(2):
-    state, s, done, sec = run_ours(step, state, task, next_step, half)
-    ours["seconds"] += sec; ours["targets"] += done; ours["steps"] += s - next_step; next_step = s
-    turn, done, n, sec = run_torch(runner, rows, rows_per_batch, masking, half, turn)
-    theirs["seconds"] += sec; theirs["targets"] += done; theirs["steps"] += n
+    for side, totals in ((ours_side, ours), (torch_side, theirs)):
+      done, n, seconds = side.call("run", half)
+      totals["seconds"] += seconds; totals["targets"] += done; totals["steps"] += n
+      time.sleep(0.2)  # the side that just ran lets its thread pools go idle before the other starts
     print(f"half: ours {ours['seconds']:.1f} s / {ours['targets']} targets; transformers {theirs['seconds']:.1f} s / "
           f"{theirs['targets']} targets", flush=True)
+  torch_info = torch_side.call("describe")
+  ours_side.close(); torch_side.close()
   for side in (ours, theirs):
     side["targets_per_s"] = side["targets"] / side["seconds"]
-  # padding share of the transformers batches (one fresh batch per stream, same builder)
-  fill = {k: float(np.mean(rows.batch(k, rows_per_batch[k], masking)["ours"]["mlm"]["segment_ids"] > 0))
-          for k in rows.streams}
   ratio = ours["targets_per_s"] / theirs["targets_per_s"]
+  model = info["model"]
   result = dict(record, benchmark="epoch", variant=args.variant, budget_targets=args.budget,
-                model={"emb_dim": cfg.emb_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-                       "vocab": cfg.vocab_size, "dtype": cfg.dtype, "dropout": cfg.dropout},
-                ours=dict(ours, batch_rows=config.data.batch_size, row_length=config.data.bptt,
-                          objectives=sorted(first), non_pad_share=ours_real / ours_slots, compile_s=compile_s),
-                transformers=dict(theirs, setting=torch_setting, probe_seconds=probe, rows_per_batch=rows_per_batch,
-                                  non_pad_share_by_stream=fill),
-                ratio=ratio, target_ratio=TARGET, meets_target=ratio >= TARGET)
-  print(f"\nMulti30k en-fr MLM+TLM, {args.variant} (d={cfg.emb_dim}, {cfg.n_layers} layers, V={cfg.vocab_size}), "
-        f"budget {args.budget} targets")
-  print(f"  ours ({cfg.dtype}, packed, {ours_real / ours_slots:.0%} real tokens): {ours['seconds']:.1f} s, "
-        f"{ours['targets_per_s']:.0f} targets/s ({ours['steps']} steps; compile {compile_s:.1f} s not timed)")
-  print(f"  transformers ({torch_setting}, padded, real share {fill}): {theirs['seconds']:.1f} s, "
-        f"{theirs['targets_per_s']:.0f} targets/s ({theirs['steps']} batches)")
+                processes="one per framework (bench_common.SideProcess), alternating halves", model=model,
+                ours=dict(ours, batch_rows=info["batch_rows"], row_length=info["row_length"],
+                          objectives=info["objectives"], non_pad_share=info["real_tokens"] / info["slots"],
+                          compile_s=info["compile_s"]),
+                transformers=dict(theirs, **torch_info), ratio=ratio, target_ratio=TARGET, meets_target=ratio >= TARGET)
+  print(f"\nMulti30k en-fr MLM+TLM, {args.variant} (d={model['emb_dim']}, {model['n_layers']} layers, "
+        f"V={model['vocab']}), budget {args.budget} targets; each framework in its own process")
+  print(f"  ours ({model['dtype']}, packed, {info['real_tokens'] / info['slots']:.0%} real tokens): "
+        f"{ours['seconds']:.1f} s, {ours['targets_per_s']:.0f} targets/s ({ours['steps']} steps; compile "
+        f"{info['compile_s']:.1f} s not timed)")
+  print(f"  transformers ({torch_info['setting']}, padded, real share {torch_info['non_pad_share_by_stream']}): "
+        f"{theirs['seconds']:.1f} s, {theirs['targets_per_s']:.0f} targets/s ({theirs['steps']} batches)")
   print(f"epoch ratio={ratio:.2f} (target {TARGET})")
   if args.out:
     bench_common.write_json(args.out, result)
