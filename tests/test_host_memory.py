@@ -43,6 +43,38 @@ def test_keep_stops_each_call_page_faulting_its_fresh_output_back_in():
   assert max(keep[-10:]) < 0.05 * PAGES, (keep, PAGES)
 
 
+TRIM_PROBE = r"""
+import sys
+from xlm_jax import host_memory
+print(host_memory.configure(sys.argv[1]), file=sys.stderr)
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+vm = lambda: int(open("/proc/self/statm").read().split()[0]) * 4096   # mapped, not touched: no memory is used
+before = vm()
+block = libc.malloc(3 << 30)    # 3 GiB, never written to
+grown = vm()
+libc.free(block)
+print(before, grown, vm())
+"""
+
+
+@pytest.mark.skipif(host_memory._glibc() is None, reason="mallopt is glibc's; elsewhere host_malloc is a no-op")
+def test_keep_never_trims_the_heap_even_after_a_free_above_2_gib():
+  """A larger model's step frees more than 2 GiB at once; with a finite trim threshold (mallopt takes an int, at
+  most 2**31 - 1) glibc gave that back to the system and the next step faulted it all in again. 'keep' disables
+  trimming (-1): the heap keeps the freed 3 GiB mapped; the glibc default returns it."""
+  def sizes(mode: str) -> list[int]:
+    out = subprocess.run([sys.executable, "-c", TRIM_PROBE, mode], capture_output=True, text=True, check=True)
+    return [int(v) for v in out.stdout.split()]
+  before, grown, after = sizes("keep")
+  assert grown - before >= 3 << 30 and after == grown, (before, grown, after)
+  before, grown, after = sizes("system")  # glibc's own choice: a block this large is an mmap, unmapped on free
+  assert after < grown - (2 << 30), (before, grown, after)
+
+
 def test_an_unknown_mode_names_the_field_and_the_choices():
   with pytest.raises(UserError, match=r"config.host_malloc='fast'.*'keep'.*'system'"):
     host_memory.configure("fast")

@@ -10,7 +10,8 @@ holds both (the benchmarks) speeds up both.
 
 `keep_freed_blocks()` sets three glibc options: one arena (worker-thread arenas fall back to `mmap` for blocks
 larger than their 64 MiB heaps whatever the threshold), no `mmap` for large blocks, and no trimming of the heap's
-top. It must run before jax starts its backends: a thread that has already allocated keeps its own arena, so a
+top (threshold -1, "never": the largest finite one, 2**31 - 1, still let a step that frees more than 2 GiB at
+once, as configs/multi30k.py:small's does, hand it back and fault it all in again on the next step). It must run before jax starts its backends: a thread that has already allocated keeps its own arena, so a
 late call changes nothing for XLA's threads (it says so instead). `xlm-jax train` / `main.py` apply
 `config.host_malloc` before anything touches a device.
 The traps: the process's resident memory stays at its peak (freed blocks are reused, not returned), which is what
@@ -66,7 +67,7 @@ def keep_freed_blocks() -> str:
                   "threads; apply it before the first jax computation", stacklevel=2)
     return ("host_malloc=keep: too late, XLA's CPU threads already run with their own arenas (whose large blocks "
             "are mmapped whatever the settings); call it before the first jax computation or jax.devices()")
-  ok = [libc.mallopt(M_ARENA_MAX, 1), libc.mallopt(M_MMAP_MAX, 0), libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)]
+  ok = [libc.mallopt(M_ARENA_MAX, 1), libc.mallopt(M_MMAP_MAX, 0), libc.mallopt(M_TRIM_THRESHOLD, -1)]
   if not all(ok):
     return f"host_malloc=keep: glibc refused some options (mallopt returned {ok})"
   return "host_malloc=keep: glibc keeps freed blocks mapped (one arena, no mmap, no trim)"
