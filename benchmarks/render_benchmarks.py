@@ -32,7 +32,7 @@ def provenance(d: dict) -> list[str]:
 
 
 ALLOCATORS = (("", "glibc keeps freed blocks mapped (`--host-malloc keep`, what xlm_jax runs do by default; it "
-                    "applies to transformers in the same process too)"),
+                    "applies to transformers too)"),
               ("_system", "glibc defaults (`--host-malloc system`, for both frameworks)"))
 
 
@@ -41,17 +41,16 @@ def host_malloc_note(d: dict) -> str:
 
 
 def allocator_contrast() -> str:
-  """The trap of comparing under kept mapping in one process, with the epoch runs' own figures."""
-  keep, system = load("epoch_cpu.json"), load("epoch_cpu_system.json")
-  if not (keep and system and keep.get("host_malloc") == "keep"):
+  """Where the two frameworks share a process and where they do not, from the results' own records."""
+  keep = load("epoch_cpu.json")
+  if not keep:
     return ""
-  return (" Its trap for a comparison in one process: it puts every thread on one glibc arena, so the two "
-          f"frameworks' allocations share one heap. In the epoch benchmark below, our {keep['ours']['steps']} steps "
-          f"took {keep['ours']['seconds']:.1f} s under it against {system['ours']['seconds']:.1f} s under glibc's "
-          f"defaults, while transformers went from {system['transformers']['seconds']:.1f} s to "
-          f"{keep['transformers']['seconds']:.1f} s. A like-for-like comparison under kept mapping needs each "
-          "framework in its own process (not built yet); the tables under glibc's defaults do not have this "
-          "interaction.")
+  if keep.get("processes"):
+    return (" The train-step runs hold all four settings in one process, so under kept mapping the two frameworks "
+            "share one glibc heap; the epoch runs below give each framework its own process "
+            f"({keep['processes']}).")
+  return (" Both benchmarks hold the two frameworks in one process, so under kept mapping they share one glibc "
+          "heap.")
 
 
 def section_steps(lines: list[str]) -> None:
@@ -149,7 +148,8 @@ def epoch_table(lines: list[str], suffix: str) -> None:
        t["steps"], f"{t['targets_per_s']:.0f}",
        ", ".join(f"{k} {v:.1%}" for k, v in t["non_pad_share_by_stream"].items())]]) + [""]
   lines += [f"Ratio **{d['ratio']:.2f}x** (target {d['target_ratio']}x: {'met' if d['meets_target'] else 'NOT met'}); "
-            f"our one compilation ({o['compile_s']:.1f} s) is not in the time.", ""]
+            f"our one compilation ({o['compile_s']:.1f} s) is not in the time. Processes: "
+            f"{d.get('processes', 'both frameworks in one')}.", ""]
   lines += provenance(d)
 
 
