@@ -189,3 +189,16 @@ def test_nmt_resume_continues_like_an_uninterrupted_run(bundle, tmp_path):
   diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                                        straight.params, resumed.params))
   assert max(diffs) <= 1e-6
+
+
+def test_bleu_scores_both_ways_without_warning_that_its_own_tokenized_text_looks_tokenized(caplog):
+  """The tokenized BLEU (2019 papers' figure) scores Moses-tokenized text on purpose; sacreBLEU must not print, on
+  every evaluation, that the data looks tokenized."""
+  import logging
+  from xlm_jax.evaluate import bleu
+  hyps = ["The cat sat on the mat.", "A dog runs in the park."] * 60
+  refs = ["The cat sat on the mat.", "A dog ran in the park."] * 60
+  with caplog.at_level(logging.WARNING):
+    out = bleu(hyps, refs, "en")
+  assert 0 < out["bleu"] < 100 and 0 < out["tokenized_bleu"] < 100
+  assert not [r for r in caplog.records if "tokenized" in r.getMessage()], [r.getMessage() for r in caplog.records]

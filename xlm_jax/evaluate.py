@@ -103,7 +103,9 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str], target_lang: str)
     from sacremoses import MosesTokenizer
     moses = MosesTokenizer(lang=target_lang)
     tok = lambda s: moses.tokenize(s, return_str=True, escape=False)
-    tokenized = BLEU(tokenize="none").corpus_score([tok(h) for h in hypotheses], [[tok(r) for r in references]])
+    # force: the text is tokenized on purpose (sacreBLEU would warn, once per call, that it looks tokenized)
+    tokenized = BLEU(tokenize="none", force=True).corpus_score([tok(h) for h in hypotheses],
+                                                              [[tok(r) for r in references]])
     out["tokenized_bleu"] = float(tokenized.score)
   except ImportError:  # sacremoses is in requirements.txt; stay usable without it
     pass
