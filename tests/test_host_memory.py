@@ -70,7 +70,9 @@ def test_keep_never_trims_the_heap_even_after_a_free_above_2_gib():
     out = subprocess.run([sys.executable, "-c", TRIM_PROBE, mode], capture_output=True, text=True, check=True)
     return [int(v) for v in out.stdout.split()]
   before, grown, after = sizes("keep")
-  assert grown - before >= 3 << 30 and after == grown, (before, grown, after)
+  # The heap may already hold a little free space at its top, which the 3 GiB block reuses (CI saw it grow by
+  # 3 GiB - 32 KiB): the block must have grown the mapping by nearly all of it, and the free must keep every byte.
+  assert grown - before >= (3 << 30) - (1 << 20) and after == grown, (before, grown, after)
   before, grown, after = sizes("system")  # glibc's own choice: a block this large is an mmap, unmapped on free
   assert after < grown - (2 << 30), (before, grown, after)
 
