@@ -51,9 +51,9 @@ def unmt_config(args, bundle: str):
   if args.init == "pretrained":
     c.init.bundle = bundle
   else:  # the pretraining variant's shapes, the same tokenizer
-    from xlm_jax.config_base import load_config_module
-    v = load_config_module(os.path.join(ROOT, "configs", "multi30k.py")).VARIANTS[args.variant]
-    c.model.emb_dim, c.model.n_layers, c.model.n_heads = v["emb_dim"], v["n_layers"], v["n_heads"]
+    shapes = pretrain_config(args).model
+    for k in ("emb_dim", "n_layers", "n_heads", "sinusoidal_embeddings"):
+      c.model[k] = shapes[k]
     c.data.tokenizer = args.tokenizer
   c.train.steps = args.steps
   c.log.eval_every = args.eval_every
