@@ -157,6 +157,35 @@ def run(args) -> None:
   write_json(args.out, result)
 
 
+def positions(args) -> None:
+  """The halves pretraining with learned against sinusoidal positions (everything else the `<variant>_halves`
+  config): held-out masked-token accuracy every --eval-every steps, one run after the other, into one JSON. MLM
+  alone has no translation to copy from, and the learned-positions model stays on the unigram plateau."""
+  from xlm_jax.cli import enable_compilation_cache
+  from xlm_jax.train import pretrain
+  enable_compilation_cache("~/.cache/xlm_jax/jit")
+  result = {**provenance(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "variant": args.variant, "steps": args.pretrain_steps, "runs": {}}
+  for name, sinusoidal in (("learned", False), ("sinusoidal", True)):
+    args_run = argparse.Namespace(**{**vars(args), "pretrain_override": [("model.sinusoidal_embeddings", sinusoidal),
+                                                                         ("log.eval_every", args.eval_every)]})
+    c = pretrain_config(args_run)
+    workdir = os.path.join(args.workdir, f"positions_{name}")
+    t = time.time()
+    pretrain.run(c, workdir)
+    curve = []
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+      r = json.loads(line)
+      if r.get("kind") == "eval":
+        curve.append({"step": r["step"], **{k.split("/")[0]: v for k, v in r.items() if k.endswith("_acc")}})
+    result["runs"][name] = {"seconds": time.time() - t, "curve": curve,
+                            "config": {"lr": c.train.lr, "warmup_steps": c.train.warmup_steps,
+                                       "batch_size": c.data.batch_size, "bptt": c.data.bptt,
+                                       "model": {k: c.model[k] for k in ("emb_dim", "n_layers", "n_heads")}}}
+    write_json(args.out, result)
+    print(name, json.dumps(curve), flush=True)
+
+
 def log_fit(curve: list[dict], key: str) -> tuple[float, float] | None:
   """(a, b) of BLEU ~ a + b * ln(step), least squares over the last half of the curve (at least 3 points): the
   projection docs/results.md states and the dashed line of the plot."""
@@ -178,7 +207,7 @@ def render(paths: list[str], png: str) -> None:
     steps = [p["step"] for p in d["curve"]]
     for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
       ax.plot(steps, [p[key] for p in d["curve"]], marker="o", label=f"{d.get('label', d['init'])} ({d['variant']})")
-      fit = log_fit(d["curve"], key) if d.get("label", d["init"]) == "pretrained" else None
+      fit = log_fit(d["curve"], key) if d.get("label", d["init"]).startswith("pretrained") else None
       if fit:  # the projection: the ln-fit of the last half, drawn to twice the last step
         import numpy as np
         xs = np.linspace(steps[len(steps) // 2], 2 * steps[-1], 50)
@@ -239,12 +268,21 @@ def main():
   r.add_argument("--out", required=True)
   r.add_argument("--override", nargs="*", default=[], type=str, help="UNMT config fields, e.g. train.lr=1e-4")
   r.add_argument("--pretrain-override", nargs="*", default=[], type=str)
+  q = sub.add_parser("positions", help="the halves pretraining with learned vs sinusoidal positions")
+  q.add_argument("--variant", default="tiny")
+  q.add_argument("--pretrain-steps", type=int, default=6000)
+  q.add_argument("--eval-every", type=int, default=500)
+  q.add_argument("--workdir", default="runs/unmt_positions")
+  q.add_argument("--out", required=True)
   g = sub.add_parser("render")
   g.add_argument("results", nargs="+")
   g.add_argument("--png", default=os.path.join(ROOT, "docs", "img", "multi30k_unmt.png"))
   args = parser.parse_args()
   if args.cmd == "render":
     render(args.results, args.png)
+    return
+  if args.cmd == "positions":
+    positions(args)
     return
   args.override, args.pretrain_override = _pairs(args.override), _pairs(args.pretrain_override)
   run(args)
