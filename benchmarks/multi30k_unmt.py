@@ -2,7 +2,7 @@
 denoising + on-the-fly back-translation from that pretraining or from scratch, with BLEU every N steps.
 
   # MLM-initialised (pretrains first into WORKDIR/pretrain unless --bundle names a pretraining):
-  python benchmarks/multi30k_unmt.py run --variant tiny --init pretrained --pretrain-steps 4000 --steps 3000 \
+  python benchmarks/multi30k_unmt.py run --variant tiny --init pretrained --pretrain-steps 6000 --steps 3000 \
       --eval-every 250 --workdir runs/unmt --out benchmarks/results/multi30k_unmt_tiny_pretrained.json
   # from scratch, same shapes and the same BPE (the pretraining's tokenizer):
   python benchmarks/multi30k_unmt.py run --variant tiny --init scratch --tokenizer runs/unmt/pretrain/tokenizer.json \
@@ -203,20 +203,24 @@ def render(paths: list[str], png: str) -> None:
   import matplotlib.pyplot as plt
   runs = [json.load(open(p)) for p in paths]
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-  for d in runs:
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  projected = set()
+  for n, d in enumerate(runs):  # one colour per run in every panel
+    color, label = colors[n % len(colors)], d.get("label", d["init"])
     steps = [p["step"] for p in d["curve"]]
     for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
-      ax.plot(steps, [p[key] for p in d["curve"]], marker="o", label=f"{d.get('label', d['init'])} ({d['variant']})")
-      fit = log_fit(d["curve"], key) if d.get("label", d["init"]).startswith("pretrained") else None
+      ax.plot(steps, [p[key] for p in d["curve"]], marker="o", color=color, label=f"{label} ({d['variant']})")
+      fit = log_fit(d["curve"], key) if label.startswith("pretrained") else None
       if fit:  # the projection: the ln-fit of the last half, drawn to twice the last step
         import numpy as np
         xs = np.linspace(steps[len(steps) // 2], 2 * steps[-1], 50)
-        ax.plot(xs, fit[0] + fit[1] * np.log(xs), linestyle="--", color="grey",
-                label=f"ln-fit of the last half (projection)")
+        ax.plot(xs, fit[0] + fit[1] * np.log(xs), linestyle="--", color=color, alpha=0.6,
+                label=None if key in projected else "ln-fit of the last half (projection)")
+        projected.add(key)
     axes[2].plot(steps, [p.get("roundtrip_bleu", float("nan")) for p in d["curve"]], marker="s", linestyle="--",
-                 label=f"round-trip, {d.get('label', d['init'])}")
-    axes[2].plot(steps, [(p["bleu_en-fr"] + p["bleu_fr-en"]) / 2 for p in d["curve"]], marker="o",
-                 label=f"true BLEU (mean), {d.get('label', d['init'])}")
+                 color=color, label=f"round-trip, {label}")
+    axes[2].plot(steps, [(p["bleu_en-fr"] + p["bleu_fr-en"]) / 2 for p in d["curve"]], marker="o", color=color,
+                 label=f"true BLEU (mean), {label}")
   if runs and runs[0]["curve"]:
     first = runs[0]["curve"][0]
     for ax, key in zip(axes[:2], ("source_bleu_en-fr", "source_bleu_fr-en")):
@@ -259,7 +263,7 @@ def main():
   r.add_argument("--label", default="", help="the run's name in the JSON, the plot and WORKDIR/unmt_<label> "
                  "(default: --init); e.g. a diagnostic run from another bundle")
   r.add_argument("--tokenizer", default="", help="scratch: the pretraining's tokenizer.json")
-  r.add_argument("--pretrain-steps", type=int, default=4000)
+  r.add_argument("--pretrain-steps", type=int, default=6000)
   r.add_argument("--steps", type=int, default=3000)
   r.add_argument("--eval-every", type=int, default=250)
   r.add_argument("--bleu-sentences", type=int, default=0, help="0 = all 1,000 test sentences")

@@ -316,6 +316,8 @@ UNMT_GAP = [
     "objectives | denoising ~3x (48-token rows) | 2,000 tokens per objective and language, one update each |",
     "| learning rate | 5e-4, inverse sqrt, warm-up 500 | same (small models) | 1e-4, warm-up 4,000 (1024-d) |",
     "| initialisation | encoder and decoder from the MLM, cross-attention fresh | same | same |",
+    "| positions of the halves pretraining | learned (stays on the unigram plateau, below) | sinusoidal | learned "
+    "(its MLM reads millions of sentences) |",
     "| pretraining | MLM on the halves (`small`, 4,000 steps) | MLM on the halves (`<size>_halves`) | MLM on "
     "millions of monolingual sentences |",
     "| budget | 4,000 steps (about 90 s on one H100) | the curves below | days on 8 GPUs |", "",
@@ -389,39 +391,62 @@ def _unmt_positions() -> list[str]:
 
 
 def _unmt_evidence(runs: list[dict]) -> list[str]:
-  """The measured part of the diagnosis, from the curves and the retrieval JSON: does the unsupervised criterion
-  follow BLEU, does pretraining beat scratch at equal steps, and how aligned the MLM initialisation is."""
+  """The measured part of the diagnosis, from the curves, the positions JSON and the retrieval JSON: does the
+  pretraining learn, does it beat scratch at equal steps, does the unsupervised criterion follow BLEU, and how
+  aligned the MLM initialisation is. Runs are matched by label: `pretrained`/`scratch` (learned positions, before
+  the positions finding), `pretrained_sinusoidal`/`scratch_sinusoidal` (the recipe now), `*_20k` (longer
+  pretraining) and `mlm_tlm_init` (a parallel-data initialisation, a diagnostic only)."""
   out = []
   by_label = {d.get("label", d["init"]): d for d in runs if d["variant"] == runs[0]["variant"]}
-  pre, scr = by_label.get("pretrained"), by_label.get("scratch")
   mean = lambda q: (q["bleu_en-fr"] + q["bleu_fr-en"]) / 2
-  if pre and len(pre["curve"]) >= 2 and "roundtrip_bleu" in pre["curve"][0]:
-    a, b = pre["curve"][0], pre["curve"][-1]
-    out.append(f"- The model learns a code of its own, not a translation: from step {a['step']:,} to "
-               f"{b['step']:,} of the MLM-initialised run, round-trip BLEU (en->fr->en, fr->en->fr) rose from "
-               f"{a['roundtrip_bleu']:.1f} to {b['roundtrip_bleu']:.1f} while the true BLEU (mean of both directions) "
-               f"went from {mean(a):.2f} to {mean(b):.2f}, and the output copies its source at "
-               f"{b['copy_bleu_en-fr']:.1f} / {b['copy_bleu_fr-en']:.1f} BLEU (en->fr / fr->en): back-translation "
-               f"reconstructs the input through intermediate 'French' that is not a translation of it.")
+  both = lambda q: f"{q['bleu_en-fr']:.2f} / {q['bleu_fr-en']:.2f}"
+
   def last_common(a: dict, b: dict):
     """The two runs' evaluations at the last step both reached (None when they share none)."""
     common = sorted({q["step"] for q in a["curve"]} & {q["step"] for q in b["curve"]})
     return tuple(next(q for q in d["curve"] if q["step"] == common[-1]) for d in (a, b)) if common else None
 
-  both = lambda q: f"{q['bleu_en-fr']:.2f} / {q['bleu_fr-en']:.2f}"
-  if pre and scr and last_common(pre, scr):
-    p_, s_ = last_common(pre, scr)
-    gain = mean(p_) - mean(s_)
-    out.append(f"- At step {p_['step']:,}, MLM initialisation gives {both(p_)} BLEU (en->fr / fr->en) against "
-               f"{both(s_)} from scratch ({gain:+.2f} mean)" + (": at this scale the pretraining does not give "
-               "back-translation the start it needs." if gain < 1.0 else "."))
+  old, old_scratch = by_label.get("pretrained"), by_label.get("scratch")
+  new, new_scratch = by_label.get("pretrained_sinusoidal"), by_label.get("scratch_sinusoidal")
+  if old and new and last_common(new, old):
+    n_, o_ = last_common(new, old)
+    out.append(f"- The pretraining that learns is worth {mean(n_) - mean(o_):+.2f} BLEU (mean of both directions) at "
+               f"step {n_['step']:,}: {both(n_)} (en->fr / fr->en) from the sinusoidal-positions MLM against "
+               f"{both(o_)} from the learned-positions MLM that stayed on the unigram plateau.")
+  for pre, scr, what in ((new, new_scratch, "sinusoidal positions"), (old, old_scratch, "learned positions")):
+    if pre and scr and last_common(pre, scr):
+      p_, s_ = last_common(pre, scr)
+      gain = mean(p_) - mean(s_)
+      out.append(f"- MLM initialisation against scratch ({what}, the same model and BPE) at step {p_['step']:,}: "
+                 f"{both(p_)} against {both(s_)} ({gain:+.2f} mean)"
+                 + (": the pretraining gives back-translation no start." if gain < 1.0 else "."))
+  for run, what in ((new, "sinusoidal"), (old, "learned positions")):
+    if run and len(run["curve"]) >= 4 and "roundtrip_bleu" in run["curve"][0]:
+      curve = run["curve"]
+      a, m, b = curve[0], curve[len(curve) // 2], curve[-1]
+      out.append(f"- A code of its own ({what} run): from step {m['step']:,} to {b['step']:,} round-trip BLEU "
+                 f"(en->fr->en, fr->en->fr) went from {m['roundtrip_bleu']:.1f} to {b['roundtrip_bleu']:.1f} "
+                 f"while the true BLEU (mean) went from {mean(m):.2f} to {mean(b):.2f}, and the output copies its "
+                 f"source at {b['copy_bleu_en-fr']:.1f} / {b['copy_bleu_fr-en']:.1f} BLEU (en->fr / fr->en): "
+                 f"back-translation learns to reconstruct its input through intermediate text that is only partly "
+                 f"a translation (frequent words translated, rare ones copied: the samples in the run's "
+                 f"TensorBoard text).")
+  longer = by_label.get("pretrained_sinusoidal_20k")
+  if new and longer and last_common(longer, new):
+    l_, n_ = last_common(longer, new)
+    acc = lambda d: ", ".join(f"{k.split('/')[0]} {100 * v:.1f}%" for k, v in
+                              d["pretraining"].get("last_eval", {}).items() if k != "step")
+    out.append(f"- Longer pretraining ({longer['pretraining']['checkpoint_step']:,} MLM steps, held-out "
+               f"{acc(longer)}; against {new['pretraining']['checkpoint_step']:,} steps, {acc(new)}): "
+               f"{both(l_)} BLEU at UNMT step {l_['step']:,} against {both(n_)} ({mean(l_) - mean(n_):+.2f} mean).")
   aligned = by_label.get("mlm_tlm_init")
-  if pre and aligned and last_common(pre, aligned):
-    p_, a_ = last_common(pre, aligned)
-    out.append(f"- The initialisation, tested: the same recipe and model size started from an MLM+TLM pretraining "
-               f"on all of Multi30k ({aligned['pretraining']['bundle']}; TLM reads parallel text, so this run is not "
-               f"unsupervised, only a test of the initialisation) gives {both(a_)} BLEU at step {a_['step']:,} "
-               f"against {both(p_)} from the MLM on the halves (run `mlm_tlm_init` below).")
+  if old and aligned and last_common(old, aligned):
+    p_, a_ = last_common(old, aligned)
+    out.append(f"- An aligned initialisation, tested: the same recipe and model size started from an MLM+TLM "
+               f"pretraining on all of Multi30k ({aligned['pretraining']['bundle']}; TLM reads parallel text, so "
+               f"this run is not unsupervised, only a test of the initialisation) gives {both(a_)} BLEU at step "
+               f"{a_['step']:,} against {both(p_)} from the learned-positions MLM on the halves (run "
+               f"`mlm_tlm_init` below).")
   ret = load("classify_retrieval.json")
   halves = (ret or {}).get("runs", {}).get("mlm_halves")
   if halves and "mean" in halves["pairs"]:
@@ -430,17 +455,16 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
       return max(max(r["en->fr"], r["fr->en"]) for r in rows) if rows else None
     h = best(halves, "en-fr")
     n = halves["pairs"]["mean"]["en-fr"]["n"]
-    line = (f"- The initialisation is barely cross-lingual: with the MLM pretraining on the halves (the UNMT "
-            f"init), a sentence's translation is the nearest of {n:,} test_2016_flickr candidates for at most "
-            f"{100 * h:.1f}% of sentences (best layer and pooling; chance {100 / n:.2f}%)")
+    line = (f"- Cross-lingual retrieval with the learned-positions MLM on the halves: a sentence's translation is "
+            f"the nearest of {n:,} test_2016_flickr candidates for at most {100 * h:.1f}% of sentences (best layer "
+            f"and pooling; chance {100 / n:.2f}%)")
     tlm = ret["runs"].get("mlm_tlm")
     if tlm and best(tlm, "en-fr") is not None:
       line += (f", against {100 * best(tlm, 'en-fr'):.1f}% for an MLM+TLM pretraining of the tiny size on all of "
                f"Multi30k (parallel text, not allowed here)")
-    out.append(line + ". Lample et al. (2018) start from word embeddings aligned across the languages; UNMT's "
-               "back-translation needs such a start to produce translations rather than a private code "
+    out.append(line + ". Lample et al. (2018) start from word embeddings aligned across the languages "
                "(retrieval: section 'Retrieval without fine-tuning' below).")
-  return out + [""] if out else []
+  return (out + [""] if out else []) + _unmt_positions()
 
 
 def section_multi30k_unmt(lines):
@@ -448,7 +472,8 @@ def section_multi30k_unmt(lines):
   if not runs:
     return
   name = lambda d: d.get("label", d["init"])
-  runs.sort(key=lambda d: (name(d) != "pretrained", name(d) != "scratch", d["variant"], name(d)))
+  order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained", "scratch"]
+  runs.sort(key=lambda d: (order.index(name(d)) if name(d) in order else len(order), d["variant"], name(d)))
   lines += ["## Unsupervised en<->fr on the Multi30k disjoint halves: BLEU against steps (issue 14)", "",
             "English from training lines 0-14,499, French from lines 14,500-28,999 (no pair seen); MLM-only "
             "pretraining on the same halves (`configs/multi30k.py:<size>_halves`), then denoising + on-the-fly "
@@ -494,7 +519,7 @@ def section_multi30k_unmt(lines):
                      f"{mean(by_true):.2f} (step {by_true['step']:,}); Spearman rank correlation of round-trip "
                      f"and mean BLEU over the {len(curve)} evaluations: "
                      f"{_spearman([q['roundtrip_bleu'] for q in curve], [mean(q) for q in curve]):+.2f}.")
-    if name(d) == "pretrained":
+    if name(d).startswith("pretrained"):
       best = max(q["bleu_en-fr"] for q in curve)
       summary.append(f"Target >= {UNMT_TARGET:.0f} BLEU en->fr: {'reached' if best >= UNMT_TARGET else 'NOT reached'} "
                      f"(best {best:.2f}).")
