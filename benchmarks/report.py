@@ -439,6 +439,14 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
     out.append(f"- Longer pretraining ({longer['pretraining']['checkpoint_step']:,} MLM steps, held-out "
                f"{acc(longer)}; against {new['pretraining']['checkpoint_step']:,} steps, {acc(new)}): "
                f"{both(l_)} BLEU at UNMT step {l_['step']:,} against {both(n_)} ({mean(l_) - mean(n_):+.2f} mean).")
+  faster = by_label.get("pretrained_sinusoidal_ae2k")
+  if new and faster and last_common(faster, new):
+    f_, n_ = last_common(faster, new)
+    lam = faster["config"]["unmt"]["nmt"]["lambda_ae"]
+    out.append(f"- Denoising annealed within the budget (`nmt.lambda_ae='{lam}'`, the same initialisation): "
+               f"{both(f_)} BLEU at step {f_['step']:,} against {both(n_)} ({mean(f_) - mean(n_):+.2f} mean), "
+               f"copies {f_['copy_bleu_en-fr']:.1f} / {f_['copy_bleu_fr-en']:.1f} against "
+               f"{n_['copy_bleu_en-fr']:.1f} / {n_['copy_bleu_fr-en']:.1f}.")
   aligned = by_label.get("mlm_tlm_init")
   if old and aligned and last_common(old, aligned):
     p_, a_ = last_common(old, aligned)
@@ -458,6 +466,9 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
     line = (f"- Cross-lingual retrieval with the learned-positions MLM on the halves: a sentence's translation is "
             f"the nearest of {n:,} test_2016_flickr candidates for at most {100 * h:.1f}% of sentences (best layer "
             f"and pooling; chance {100 / n:.2f}%)")
+    sinusoidal = ret["runs"].get("mlm_halves_sinusoidal")
+    if sinusoidal and best(sinusoidal, "en-fr") is not None:
+      line += f"; {100 * best(sinusoidal, 'en-fr'):.1f}% with the sinusoidal-positions MLM on the halves (the recipe now)"
     tlm = ret["runs"].get("mlm_tlm")
     if tlm and best(tlm, "en-fr") is not None:
       line += (f", against {100 * best(tlm, 'en-fr'):.1f}% for an MLM+TLM pretraining of the tiny size on all of "
@@ -472,7 +483,8 @@ def section_multi30k_unmt(lines):
   if not runs:
     return
   name = lambda d: d.get("label", d["init"])
-  order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained", "scratch"]
+  order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained_sinusoidal_ae2k",
+           "pretrained", "scratch"]
   runs.sort(key=lambda d: (order.index(name(d)) if name(d) in order else len(order), d["variant"], name(d)))
   lines += ["## Unsupervised en<->fr on the Multi30k disjoint halves: BLEU against steps (issue 14)", "",
             "English from training lines 0-14,499, French from lines 14,500-28,999 (no pair seen); MLM-only "
