@@ -426,7 +426,7 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
   for run, what in ((new, "sinusoidal"), (old, "learned positions")):
     if run and len(run["curve"]) >= 4 and "roundtrip_bleu" in run["curve"][0]:
       curve = run["curve"]
-      a, m, b = curve[0], curve[len(curve) // 2], curve[-1]
+      m, b = curve[len(curve) // 2], curve[-1]
       out.append(f"- A code of its own ({what} run): from step {m['step']:,} to {b['step']:,} round-trip BLEU "
                  f"(en->fr->en, fr->en->fr) went from {m['roundtrip_bleu']:.1f} to {b['roundtrip_bleu']:.1f} "
                  f"while the true BLEU (mean) went from {mean(m):.2f} to {mean(b):.2f}, and the output copies its "
@@ -442,14 +442,6 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
     out.append(f"- Longer pretraining ({longer['pretraining']['checkpoint_step']:,} MLM steps, held-out "
                f"{acc(longer)}; against {new['pretraining']['checkpoint_step']:,} steps, {acc(new)}): "
                f"{both(l_)} BLEU at UNMT step {l_['step']:,} against {both(n_)} ({mean(l_) - mean(n_):+.2f} mean).")
-  faster = by_label.get("pretrained_sinusoidal_ae2k")
-  if new and faster and last_common(faster, new):
-    f_, n_ = last_common(faster, new)
-    lam = faster["config"]["unmt"]["nmt"]["lambda_ae"]
-    out.append(f"- Denoising annealed within the budget (`nmt.lambda_ae='{lam}'`, the same initialisation): "
-               f"{both(f_)} BLEU at step {f_['step']:,} against {both(n_)} ({mean(f_) - mean(n_):+.2f} mean), "
-               f"copies {f_['copy_bleu_en-fr']:.1f} / {f_['copy_bleu_fr-en']:.1f} against "
-               f"{n_['copy_bleu_en-fr']:.1f} / {n_['copy_bleu_fr-en']:.1f}.")
   aligned = by_label.get("mlm_tlm_init")
   if old and aligned and last_common(old, aligned):
     p_, a_ = last_common(old, aligned)
@@ -486,8 +478,7 @@ def section_multi30k_unmt(lines):
   if not runs:
     return
   name = lambda d: d.get("label", d["init"])
-  order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained_sinusoidal_ae2k",
-           "pretrained", "scratch"]
+  order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained", "scratch"]
   runs.sort(key=lambda d: (order.index(name(d)) if name(d) in order else len(order), d["variant"], name(d)))
   lines += ["## Unsupervised en<->fr on the Multi30k disjoint halves: BLEU against steps (issue 14)", "",
             "English from training lines 0-14,499, French from lines 14,500-28,999 (no pair seen); MLM-only "
