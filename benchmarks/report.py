@@ -442,6 +442,13 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
     out.append(f"- Longer pretraining ({longer['pretraining']['checkpoint_step']:,} MLM steps, held-out "
                f"{acc(longer)}; against {new['pretraining']['checkpoint_step']:,} steps, {acc(new)}): "
                f"{both(l_)} BLEU at UNMT step {l_['step']:,} against {both(n_)} ({mean(l_) - mean(n_):+.2f} mean).")
+  faster = by_label.get("pretrained_sinusoidal_ae2k")
+  if new and faster and last_common(faster, new):
+    f_, n_ = last_common(faster, new)
+    out.append(f"- Denoising annealed within the budget (`nmt.lambda_ae='{faster['config']['unmt']['nmt']['lambda_ae']}'`"
+               f", the same initialisation): {both(f_)} BLEU at step {f_['step']:,} against {both(n_)} "
+               f"({mean(f_) - mean(n_):+.2f} mean); the output copies its source at {f_['copy_bleu_en-fr']:.1f} / "
+               f"{f_['copy_bleu_fr-en']:.1f} BLEU against {n_['copy_bleu_en-fr']:.1f} / {n_['copy_bleu_fr-en']:.1f}.")
   aligned = by_label.get("mlm_tlm_init")
   if old and aligned and last_common(old, aligned):
     p_, a_ = last_common(old, aligned)
@@ -478,7 +485,8 @@ def section_multi30k_unmt(lines):
   if not runs:
     return
   name = lambda d: d.get("label", d["init"])
-  order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained", "scratch"]
+  order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained_sinusoidal_ae2k",
+           "pretrained", "scratch"]
   runs.sort(key=lambda d: (order.index(name(d)) if name(d) in order else len(order), d["variant"], name(d)))
   lines += ["## Unsupervised en<->fr on the Multi30k disjoint halves: BLEU against steps (issue 14)", "",
             "English from training lines 0-14,499, French from lines 14,500-28,999 (no pair seen); MLM-only "
