@@ -434,21 +434,23 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
                  f"back-translation learns to reconstruct its input through intermediate text that is only partly "
                  f"a translation (frequent words translated, rare ones copied: the samples in the run's "
                  f"TensorBoard text).")
-  longer = by_label.get("pretrained_sinusoidal_20k")
-  if new and longer and last_common(longer, new):
-    l_, n_ = last_common(longer, new)
-    acc = lambda d: ", ".join(f"{k.split('/')[0]} {100 * v:.1f}%" for k, v in
-                              d["pretraining"].get("last_eval", {}).items() if k != "step")
-    out.append(f"- Longer pretraining ({longer['pretraining']['checkpoint_step']:,} MLM steps, held-out "
-               f"{acc(longer)}; against {new['pretraining']['checkpoint_step']:,} steps, {acc(new)}): "
-               f"{both(l_)} BLEU at UNMT step {l_['step']:,} against {both(n_)} ({mean(l_) - mean(n_):+.2f} mean).")
-  faster = by_label.get("pretrained_sinusoidal_ae2k")
-  if new and faster and last_common(faster, new):
-    f_, n_ = last_common(faster, new)
-    out.append(f"- Denoising annealed within the budget (`nmt.lambda_ae='{faster['config']['unmt']['nmt']['lambda_ae']}'`"
-               f", the same initialisation): {both(f_)} BLEU at step {f_['step']:,} against {both(n_)} "
-               f"({mean(f_) - mean(n_):+.2f} mean); the output copies its source at {f_['copy_bleu_en-fr']:.1f} / "
-               f"{f_['copy_bleu_fr-en']:.1f} BLEU against {n_['copy_bleu_en-fr']:.1f} / {n_['copy_bleu_fr-en']:.1f}.")
+  acc = lambda d: ", ".join(f"{k.split('/')[0]} {100 * v:.1f}%" for k, v in
+                            d["pretraining"].get("last_eval", {}).items() if k != "step")
+  copies = lambda q: f"{q['copy_bleu_en-fr']:.1f} / {q['copy_bleu_fr-en']:.1f}"
+  variants = {  # one change against the sinusoidal recipe: what it is, and what to add after the BLEU
+      "pretrained_sinusoidal_20k": (
+          lambda d: f"Longer pretraining ({d['pretraining']['checkpoint_step']:,} MLM steps, held-out {acc(d)}; "
+                    f"against {new['pretraining']['checkpoint_step']:,} steps, {acc(new)})", lambda q, n: ""),
+      "pretrained_sinusoidal_ae2k": (
+          lambda d: f"Denoising annealed within the budget (`nmt.lambda_ae='{d['config']['unmt']['nmt']['lambda_ae']}'`"
+                    f", the same initialisation)",
+          lambda q, n: f"; the output copies its source at {copies(q)} BLEU against {copies(n)}")}
+  for label, (what, more) in variants.items():
+    run = by_label.get(label)
+    if new and run and last_common(run, new):
+      r_, n_ = last_common(run, new)
+      out.append(f"- {what(run)}: {both(r_)} BLEU at UNMT step {r_['step']:,} against {both(n_)} "
+                 f"({mean(r_) - mean(n_):+.2f} mean){more(r_, n_)}.")
   aligned = by_label.get("mlm_tlm_init")
   if old and aligned and last_common(old, aligned):
     p_, a_ = last_common(old, aligned)
