@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import xlm_paper
-from xlm_jax.model import Transformer, TransformerConfig, count_parameters, init_params
+from xlm_jax.model import Transformer, TransformerConfig, count_parameters, forward_flops_per_token, init_params, train_flops
 from xlm_jax.model.layers import sinusoidal_table
 from xlm_jax.train.pretrain import model_config
 
@@ -119,6 +119,52 @@ def test_prediction_at_slots_equals_full_logits(params):
   at = model.apply({"params": params}, model.apply({"params": params}, x, method="encode"), index, method="predict_at")
   np.testing.assert_allclose(at[0, 0], full[0, 1], atol=1e-5)
   np.testing.assert_allclose(at[1, 0], full[1, 2], atol=1e-5)
+
+
+@pytest.mark.parametrize("causal,scan", [(False, False), (True, False), (False, True)])
+def test_encode_at_rows_equals_full_encode_picked_values_and_gradients(params, causal, scan):
+  """`encode(rows=)` runs the last layer only at `rows`; hidden states and parameter gradients equal the full pass
+  picked there (packed segments, padding, a TLM-style restart of positions, rows in any order, a repeated row)."""
+  cfg = SMALL.replace(scan_layers=scan)
+  p = params
+  if scan:
+    from xlm_jax.model.layout import to_layout
+    p = to_layout(params, scan_layers=True)
+  model = Transformer(cfg)
+  x = jnp.array([[1, 5, 6, 7, 1, 8, 9, 1], [1, 9, 10, 11, 12, 1, 2, 2]])
+  positions = jnp.array([[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7]])
+  langs = jnp.array([[0, 0, 0, 0, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2, 2, 2]])
+  segments = jnp.array([[1, 1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 0, 0]])
+  rows = jnp.array([[6, 1, 3], [2, 2, 0]])
+
+  def full(q):
+    h = model.apply({"params": q}, x, positions, langs, segments, causal=causal, method="encode")
+    return jnp.take_along_axis(h, rows[..., None], axis=1)
+
+  def at(q):
+    return model.apply({"params": q}, x, positions, langs, segments, causal=causal, rows=rows, method="encode")
+
+  np.testing.assert_allclose(at(p), full(p), atol=1e-5)
+  g_full = jax.grad(lambda q: jnp.sum(jnp.sin(full(q))))(p)
+  g_at = jax.grad(lambda q: jnp.sum(jnp.sin(at(q))))(p)
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_at), jax.tree.leaves(g_full)):
+    np.testing.assert_allclose(a, b, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  assert np.abs(np.asarray(jax.tree.leaves(g_at)[0])).max() > 0
+
+
+def test_train_flops_count_the_last_layer_only_at_predicted_rows():
+  """With every position predicted the count is the full pass; with 15% predicted the unrolled model saves the
+  last layer's work except keys and values (by hand: d=32, 2 layers, ffn 128, L=8), and scanned layers do not."""
+  cfg = SMALL
+  d, ffn, length, tokens = cfg.emb_dim, cfg.ffn_dim, 8, 16
+  projection = lambda n: n * 2 * d * cfg.vocab_size
+  full = 3 * (tokens * forward_flops_per_token(cfg, length) + projection(tokens))
+  assert train_flops(cfg, tokens, length, tokens) == pytest.approx(full)
+  per_layer = 2 * 4 * d * d + 2 * 2 * d * ffn + 4 * length * d
+  by_hand = 3 * (tokens * per_layer + tokens * 2 * 2 * d * d + 3 * (per_layer - 2 * 2 * d * d) + projection(3))
+  assert train_flops(cfg, tokens, length, 3) == pytest.approx(by_hand)
+  assert train_flops(cfg.replace(scan_layers=True), tokens, length, 3) == pytest.approx(
+      3 * (tokens * 2 * per_layer + projection(3)))
 
 
 def test_bfloat16_compute_stays_close_to_float32(params):

@@ -25,8 +25,8 @@ def _scorer(cfg: TransformerConfig):
   model = Transformer(cfg.replace(dropout=0.0, attention_dropout=0.0))
 
   def score(params, tokens, positions, langs, segments, index, targets, weights):
-    hidden = model.apply({"params": params}, tokens, positions, langs, segments, method="encode")
-    logits = model.apply({"params": params}, hidden, index, method="predict_at")
+    hidden = model.apply({"params": params}, tokens, positions, langs, segments, rows=index, method="encode")
+    logits = model.apply({"params": params}, hidden, method="predict")
     logp = jax.nn.log_softmax(logits, -1)
     nll = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
     correct = (jnp.argmax(logits, -1) == targets)

@@ -22,7 +22,7 @@ from xlm_jax.data.mixture import Entry, Mixture, NextTokenTargets, StepSpec, mlm
 from xlm_jax.data.prepare import PreparedText
 from xlm_jax.data.rows import PairIndex, StreamRows, TlmRows
 from xlm_jax.errors import UserError
-from xlm_jax.model import Transformer, TransformerConfig, forward_flops_per_token, init_params
+from xlm_jax.model import Transformer, TransformerConfig, init_params, train_flops
 # the shared run set-up (re-exported: callers that import these from here keep working)
 from xlm_jax.run_setup import (check_resume, existing_meta, get_tokenizer, line_window, load_tokenizer,  # noqa: F401
                                make_corpus, model_config, parse_line_windows, prepare_mono, prepare_para)
@@ -80,7 +80,7 @@ def make_loss(model: Transformer, lambdas: Mapping[str, Any]) -> Loss:
       rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, k)}
       logits = model.apply({"params": params}, b["tokens"], b["positions"], b["langs"], b["segment_ids"],
                            b["pred_index"], causal=objective == "clm", deterministic=deterministic, rngs=rngs,
-                           method=lambda m, t, p, l, s, i, **kw: m.predict_at(m.encode(t, p, l, s, **kw), i))
+                           method=lambda m, t, p, l, s, i, **kw: m.predict(m.encode(t, p, l, s, rows=i, **kw)))
       out[objective] = prediction_sums(logits, b["pred_targets"], b["pred_weights"])
     return out
 
@@ -94,8 +94,7 @@ def step_flops_fn(cfg: TransformerConfig):
     for b in batch.values():
       rows, length = b["tokens"].shape
       slots = b["pred_index"].shape[1]
-      total += 3.0 * (rows * length * forward_flops_per_token(cfg, length) + rows * slots * 2 * cfg.emb_dim
-                      * cfg.vocab_size)
+      total += train_flops(cfg, rows * length, length, rows * slots)
     return total
   return step_flops
 
