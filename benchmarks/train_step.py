@@ -13,10 +13,13 @@ What is compared, from the *same initial weights* (ours, converted into transfor
   at the predicted positions, `loss.backward()`, `torch.optim.Adam.step()`; torch uses every core.
 - `ours-f32`, `ours-bf16`: our jitted, donated step (`make_train_step` of the training loop) on the batch already
   on the device, the vocabulary projection only at the predicted positions.
-Settings alternate A B C D per round; `--warmup` rounds are dropped, then `--reps` rounds are timed (each
-`--steps` steps); we report medians and min/max in ms per step. The ratio is our faster setting against the faster
+Each framework runs in its own process (`bench_common.SideProcess`: its own C heap and thread pools, as when a user
+runs either alone; in one process, with `--host-malloc keep`'s single arena, each framework's allocations slowed the
+other's steps), under the same `--host-malloc` setting. Settings alternate A B C D per round, one at a time;
+`--warmup` rounds are dropped, then `--reps` rounds are timed (each `--steps` steps); we report medians and min/max
+in ms per step. The ratio is our faster setting against the faster
 transformers setting in this run. MFU = our model FLOPs per second (masked-only projection, `train_flops`) over the
-bf16 (float32-accumulate) 2048^3 matmul peak measured in each round of this run (median over rounds).
+bf16 (float32-accumulate) 2048^3 matmul peak measured in each round of this run (median over rounds), in our process.
 
 The trap: a ratio is only meaningful inside one run on one machine (CPUs without AVX-512 BF16 emulate bf16 for
 both frameworks; separate runs differ by ~7%); run it under `flock -x /tmp/xlm_cpu.lock` on a shared machine.
@@ -174,7 +177,46 @@ def torch_train_flops(cfg: TransformerConfig, rows: int, length: int) -> float:
   return 3.0 * rows * length * (forward_flops_per_token(cfg, length) + 2 * cfg.emb_dim * cfg.vocab_size)
 
 
-# ------------------------------------------------------------------------------------------------------- main
+# ------------------------------------------------------------------------------------------------- processes
+class OursSide:
+  """Our settings in one process: the initial weights, the batches (from `seed`), a jitted step per setting."""
+
+  def __init__(self, size: str, settings: list[str], n_batches: int, seed: int):
+    cfg32 = model_config(size, "float32")
+    self.params = nn.unbox(init_params(cfg32, jax.random.key(seed)))
+    self.runners = {s: Ours(cfg32.replace(dtype="bfloat16" if s.endswith("bf16") else "float32"), self.params)
+                    for s in settings}
+    self.feed = ours_batches(random_batches(n_batches, seed + 1))
+
+  def initial_params(self):
+    return jax.device_get(self.params)
+
+  def peak(self) -> float:
+    return measured_peak_flops.__wrapped__("bfloat16")
+
+  def run(self, setting: str, start: int, steps: int) -> float:
+    """ms per step of `steps` steps of `setting` on batches start.. (the losses are fetched, so it waits)."""
+    t = time.perf_counter()
+    self.runners[setting].run(self.feed[start:start + steps])
+    return 1000 * (time.perf_counter() - t) / steps
+
+
+class TorchSide:
+  """transformers' settings in one process, holding our initial weights, on the same batches (same `seed`)."""
+
+  def __init__(self, size: str, settings: list[str], n_batches: int, seed: int, params):
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg32 = model_config(size, "float32")
+    self.runners = {s: Torch(torch_model(cfg32, params), bf16=s.endswith("bf16")) for s in settings}
+    self.feed = torch_batches(random_batches(n_batches, seed + 1))
+
+  def run(self, setting: str, start: int, steps: int) -> float:
+    t = time.perf_counter()
+    self.runners[setting].run(self.feed[start:start + steps])
+    return 1000 * (time.perf_counter() - t) / steps
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--size", choices=sorted(SIZES), required=True)
@@ -194,33 +236,30 @@ def main(argv=None):
   unknown = [s for s in settings if s not in SETTINGS]
   if unknown:
     raise SystemExit(f"unknown setting(s) {unknown}; choose from {SETTINGS}")
-  host_malloc = bench_common.apply_host_malloc(args.host_malloc)  # before XLA's threads start
-  record = dict(bench_common.provenance(), **host_malloc)
-  import torch
-  torch.set_num_threads(os.cpu_count() or 1)
-  cfg32 = model_config(args.size, "float32")
-  params = nn.unbox(init_params(cfg32, jax.random.key(args.seed)))
+  record = dict(bench_common.provenance(), host_malloc=args.host_malloc)
   n_batches = (args.warmup + args.reps) * args.steps
-  batches = random_batches(n_batches, args.seed + 1)
-  runners = {}
-  for s in settings:
-    if s.startswith("ours"):
-      runners[s] = Ours(cfg32.replace(dtype="bfloat16" if s.endswith("bf16") else "float32"), params)
-    else:
-      runners[s] = Torch(torch_model(cfg32, params), bf16=s.endswith("bf16"))
-  feeds = {s: (ours_batches if s.startswith("ours") else torch_batches)(batches) for s in settings}
+  ours = [s for s in settings if s.startswith("ours")]
+  # our side always runs: it holds the initial weights and measures the matmul peak
+  ours_side = bench_common.SideProcess(OursSide, args.size, ours, n_batches, args.seed, host_malloc=args.host_malloc)
+  record["host_malloc_effect"] = ours_side.host_malloc["host_malloc_effect"]
+  theirs = [s for s in settings if s.startswith("torch")]
+  torch_side = (bench_common.SideProcess(TorchSide, args.size, theirs, n_batches, args.seed,
+                                         ours_side.call("initial_params"), host_malloc=args.host_malloc)
+                if theirs else None)
+  side = {s: ours_side if s.startswith("ours") else torch_side for s in settings}
   times = {s: [] for s in settings}
   peaks = []
   for r in range(args.warmup + args.reps):
-    peaks.append(measured_peak_flops.__wrapped__("bfloat16"))
-    chunk = slice(r * args.steps, (r + 1) * args.steps)
+    peaks.append(ours_side.call("peak"))
     for s in settings:
-      t = time.perf_counter()
-      runners[s].run(feeds[s][chunk])
-      ms = 1000 * (time.perf_counter() - t) / args.steps
+      ms = side[s].call("run", s, r * args.steps, args.steps)
       if r >= args.warmup:
         times[s].append(ms)
       print(f"round {r}{' (warm-up)' if r < args.warmup else ''}: {s} {ms:.0f} ms/step", flush=True)
+  ours_side.close()
+  if torch_side is not None:
+    torch_side.close()
+  cfg32 = model_config(args.size, "float32")
 
   n_tokens = ROWS * LENGTH
   ours_flops = train_flops(cfg32, n_tokens, LENGTH, ROWS * N_PRED)
@@ -238,8 +277,6 @@ def main(argv=None):
                 dropout=0.1, attention_dropout=0.1, optimizer=f"Adam lr {LR}", warmup=args.warmup, reps=args.reps,
                 steps_per_rep=args.steps, peak_bf16_gflops={"median": peak / 1e9, "samples": [p / 1e9 for p in peaks]},
                 settings=rows, target_ratio=TARGETS[args.size])
-  ours = [s for s in settings if s.startswith("ours")]
-  theirs = [s for s in settings if s.startswith("torch")]
   if ours and theirs:
     best_ours = min(ours, key=lambda s: rows[s]["median_ms"])
     best_theirs = min(theirs, key=lambda s: rows[s]["median_ms"])

@@ -209,6 +209,24 @@ def test_dropout_keeps_one_minus_rate_scaled_and_is_a_function_of_the_key():
   assert np.array_equal(np.asarray(Dropout(0.1).apply({}, x, deterministic=True)), np.asarray(x))
 
 
+def test_unrolled_threefry_equals_jax_threefry_and_draws_are_uniform():
+  from jax.extend.random import threefry2x32_p
+  from xlm_jax.model.layers import threefry2x32, uniform_16bit
+  k = jnp.array([0x13198A2E, 0x03707344], jnp.uint32)
+  x0 = jnp.arange(1000, dtype=jnp.uint32) * jnp.uint32(2654435761)
+  x1 = jnp.arange(1000, dtype=jnp.uint32)
+  ours = jax.jit(threefry2x32)(k[0], k[1], x0, x1)
+  theirs = threefry2x32_p.bind(k[0], k[1], x0, x1)
+  np.testing.assert_array_equal(np.asarray(ours[0]), np.asarray(theirs[0]))
+  np.testing.assert_array_equal(np.asarray(ours[1]), np.asarray(theirs[1]))
+  draws = np.asarray(uniform_16bit(jax.random.key(3), (8, 50, 301))).astype(np.int64)
+  assert draws.shape == (8, 50, 301)
+  counts = np.bincount(draws.ravel() >> 12, minlength=16)  # 16 bins of 4,096 values, 7,525 draws each
+  assert np.abs(counts - draws.size / 16).max() < 6 * np.sqrt(draws.size / 16)
+  assert abs(np.corrcoef(draws[..., :-1].ravel(), draws[..., 1:].ravel())[0, 1]) < 0.02
+  assert not np.array_equal(draws, np.asarray(uniform_16bit(jax.random.key(4), (8, 50, 301))))
+
+
 def test_sinusoidal_table_matches_formula_and_is_not_a_parameter():
   table = np.asarray(sinusoidal_table(10, 6))
   pos, j = 7, 3

@@ -138,14 +138,51 @@ class Linear(nn.Module):
     return y
 
 
+def threefry2x32(k0: jnp.ndarray, k1: jnp.ndarray, x0: jnp.ndarray, x1: jnp.ndarray):
+  """The Threefry-2x32 block cipher, 20 rounds (Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3"),
+  on uint32 arrays, unrolled: the same function as `jax.extend.random.threefry2x32_p` (tests/test_model.py checks
+  it), written out because that primitive's CPU lowering is a rolled loop, which XLA:CPU runs as a while loop that
+  writes every round's state to memory (about 3x slower, and it does not fuse with the dropout that uses it)."""
+  ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+  rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+  x0, x1 = x0 + ks[0], x1 + ks[1]
+  for s in range(1, 6):
+    for r in rotations[(s - 1) % 2]:
+      x0 = x0 + x1
+      x1 = ((x1 << jnp.uint32(r)) | (x1 >> jnp.uint32(32 - r))) ^ x0
+    x0 = x0 + ks[s % 3]
+    x1 = x1 + ks[(s + 1) % 3] + jnp.uint32(s)
+  return x0, x1
+
+
+def uniform_16bit(key, shape: tuple[int, ...]) -> jnp.ndarray:
+  """uint16 draws of `shape`, a pure function of `key` (any key: typed, raw, any implementation).
+
+  One Threefry-2x32 block per 4 draws, counted along the last axis within each leading index, so the counters are
+  iotas of the output's own shape (a sharded output computes its shard's draws where it lives)."""
+  data = jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  if data.shape != (2,):
+    data = jax.random.bits(key, (2,), jnp.uint32)
+  lead, last = tuple(shape[:-1]), shape[-1]
+  blocks = lead + ((last + 3) // 4,)
+  counter, stride = jnp.zeros(blocks, jnp.uint32), 1
+  for axis in reversed(range(len(blocks))):
+    counter = counter + lax.broadcasted_iota(jnp.uint32, blocks, axis) * jnp.uint32(stride)
+    stride *= blocks[axis]
+  a, b = threefry2x32(data[0], data[1], counter, jnp.zeros_like(counter))
+  draws = lax.bitcast_convert_type(jnp.stack([a, b], axis=-1), jnp.uint16)  # blocks + (2, 2)
+  return draws.reshape(lead + (4 * blocks[-1],))[..., :last]
+
+
 class Dropout(nn.Module):
   """Inverted dropout (zero with probability `rate`, scale the rest by 1/(1-rate)), drawing 16 bits per element.
 
   Same contract as `flax.linen.Dropout` (an rng named 'dropout', `deterministic` at call time), cheaper on CPU:
   `jax.random.bernoulli` draws a 32-bit word per element and, with the default partitionable threefry, costs
-  about 4x more there; here one 32-bit threefry word yields two 16-bit draws (split along the last axis, so the
-  leading axes keep their sharding). The keep probability is round((1-rate) * 2**16) / 2**16, within 2**-17 of
-  1-rate. The masks are a pure function of the key, as with flax's; they are not flax's masks.
+  about 4x more there, and jax's threefry itself runs as a loop on CPU; here one unrolled Threefry-2x32 block
+  yields four 16-bit draws (`uniform_16bit`, counted within each leading index, so the leading axes keep their
+  sharding). The keep probability is round((1-rate) * 2**16) / 2**16, within 2**-17 of 1-rate. The masks are a
+  pure function of the key, as with flax's; they are not flax's masks.
   """
 
   rate: float
@@ -158,11 +195,9 @@ class Dropout(nn.Module):
     if self.rate >= 1.0:
       return jnp.zeros_like(x)
     keep = 1.0 - self.rate
-    last = x.shape[-1]
-    words = jax.random.bits(self.make_rng(self.rng_collection), x.shape[:-1] + ((last + 1) // 2,), jnp.uint32)
-    draws = lax.bitcast_convert_type(words, jnp.uint16).reshape(x.shape[:-1] + (2 * ((last + 1) // 2),))
+    draws = uniform_16bit(self.make_rng(self.rng_collection), x.shape)
     threshold = min(round(keep * 65536), 65535)
-    return jnp.where(draws[..., :last] < jnp.uint16(threshold), x / keep, jnp.zeros((), x.dtype))
+    return jnp.where(draws < jnp.uint16(threshold), x / keep, jnp.zeros((), x.dtype))
 
 
 class LayerNorm(nn.Module):
