@@ -42,13 +42,17 @@ def host_malloc_note(d: dict) -> str:
 
 def allocator_contrast() -> str:
   """Where the two frameworks share a process and where they do not, from the results' own records."""
-  keep = load("epoch_cpu.json")
-  if not keep:
+  step, epoch = load("train_step_cpu_a.json"), load("epoch_cpu.json")
+  if not step or not epoch:
     return ""
-  if keep.get("processes"):
+  if step.get("processes") and epoch.get("processes"):
+    return (" Both benchmarks give each framework its own process (train step: "
+            f"{step['processes']}; epoch: {epoch['processes']}), so neither framework's allocations slow the "
+            "other's.")
+  if epoch.get("processes"):
     return (" The train-step runs hold all four settings in one process, so under kept mapping the two frameworks "
             "share one glibc heap; the epoch runs below give each framework its own process "
-            f"({keep['processes']}).")
+            f"({epoch['processes']}).")
   return (" Both benchmarks hold the two frameworks in one process, so under kept mapping they share one glibc "
           "heap.")
 

@@ -276,7 +276,8 @@ def main(argv=None):
                 batch={"rows": ROWS, "length": LENGTH, "predicted_per_row": N_PRED, "languages": len(LANGUAGES)},
                 dropout=0.1, attention_dropout=0.1, optimizer=f"Adam lr {LR}", warmup=args.warmup, reps=args.reps,
                 steps_per_rep=args.steps, peak_bf16_gflops={"median": peak / 1e9, "samples": [p / 1e9 for p in peaks]},
-                settings=rows, target_ratio=TARGETS[args.size])
+                settings=rows, target_ratio=TARGETS[args.size],
+                processes="one per framework (bench_common.SideProcess), settings alternating")
   if ours and theirs:
     best_ours = min(ours, key=lambda s: rows[s]["median_ms"])
     best_theirs = min(theirs, key=lambda s: rows[s]["median_ms"])
