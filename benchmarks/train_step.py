@@ -221,8 +221,10 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--size", choices=sorted(SIZES), required=True)
   p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {SETTINGS}")
-  p.add_argument("--warmup", type=int, default=2, help="untimed rounds (compilation, allocator warm-up)")
-  p.add_argument("--reps", type=int, default=5, help="timed rounds")
+  p.add_argument("--warmup", type=int, default=5,
+                 help="untimed rounds: compilation, then the allocator's warm-up (both frameworks' steps slow down "
+                      "for a few steps while the heap grows to its working size)")
+  p.add_argument("--reps", type=int, default=7, help="timed rounds")
   p.add_argument("--steps", type=int, default=1, help="steps per setting per round")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="write the results as JSON here")
