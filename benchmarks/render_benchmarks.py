@@ -48,7 +48,7 @@ def allocator_contrast() -> str:
   if step.get("processes") and epoch.get("processes"):
     return (" Both benchmarks give each framework its own process (train step: "
             f"{step['processes']}; epoch: {epoch['processes']}), so neither framework's allocations slow the "
-            "other's.")
+            "other's; each table's notes say how its runs were made.")
   if epoch.get("processes"):
     return (" The train-step runs hold all four settings in one process, so under kept mapping the two frameworks "
             "share one glibc heap; the epoch runs below give each framework its own process "
@@ -62,7 +62,7 @@ def section_steps(lines: list[str]) -> None:
             "Same initial weights (ours converted into `XLMWithLMHeadModel` with `xlm_jax.interop`), same batches "
             "and masked positions, settings alternating in one run, medians (min-max) of the timed rounds in ms per "
             "step. Ratio: our faster setting against the faster transformers setting of the same run. MFU: our model "
-            "FLOPs (vocabulary projection only at the predicted positions) per second over the bf16 (float32-"
+            "FLOPs (what our step computes: the vocabulary projection, and the last layer but for its keys and values, only at the predicted positions) per second over the bf16 (float32-"
             "accumulate) 2048^3 matmul peak measured in the same run.", "",
             "The C allocator setting is the process's, so both frameworks always run under the same one, and each "
             "setting has its own table. Keeping freed blocks mapped is what our runs use; it speeds transformers up "
@@ -104,7 +104,8 @@ def steps_table(lines: list[str], suffix: str) -> None:
     lines += [f"Size ({d['size']}), {host_malloc_note(d)}: {d['reps']} timed rounds after {d['warmup']} warm-up, "
               f"{d['steps_per_rep']} step(s) "
               f"per setting per round; model FLOPs per step ours {d['settings'].get('ours-bf16', d['settings'].get('ours-f32', {})).get('model_gflop_per_step', 0):.1f} "
-              f"GFLOP, transformers {d['settings'].get('torch-bf16', d['settings'].get('torch-fp32', {})).get('model_gflop_per_step', 0):.1f} GFLOP.  "]
+              f"GFLOP, transformers {d['settings'].get('torch-bf16', d['settings'].get('torch-fp32', {})).get('model_gflop_per_step', 0):.1f} GFLOP. "
+              f"Processes: {d.get('processes', 'both frameworks in one process (before each got its own)')}.  "]
     lines += provenance(d)
 
 
