@@ -34,6 +34,9 @@ def provenance(d: dict) -> list[str]:
 ALLOCATORS = (("", "glibc keeps freed blocks mapped (`--host-malloc keep`, what xlm_jax runs do by default; it "
                     "applies to transformers too)"),
               ("_system", "glibc defaults (`--host-malloc system`, for both frameworks)"))
+# result files from a CPU without AVX-512 BF16 (bf16 emulated for both frameworks), kept beside the others: a ratio
+# belongs to the machine it was measured on
+MACHINES = (("", "a CPU with AVX-512 BF16"), ("_avx2", "a CPU with AVX2 only (no AVX-512 BF16: bf16 is emulated)"))
 
 
 def host_malloc_note(d: dict) -> str:
@@ -62,26 +65,41 @@ def section_steps(lines: list[str]) -> None:
             "Same initial weights (ours converted into `XLMWithLMHeadModel` with `xlm_jax.interop`), same batches "
             "and masked positions, settings alternating in one run, medians (min-max) of the timed rounds in ms per "
             "step. Ratio: our faster setting against the faster transformers setting of the same run. MFU: our model "
-            "FLOPs (what our step computes: the vocabulary projection, and the last layer but for its keys and values, only at the predicted positions) per second over the bf16 (float32-"
-            "accumulate) 2048^3 matmul peak measured in the same run.", "",
+            "FLOPs (what our step computes: the vocabulary projection, and the last layer but for its keys and values, only at the predicted positions) per second over the 2048^3 matmul peak "
+            "measured in the same run: bf16 with float32 accumulation, or float32 where that is faster (a CPU "
+            "without AVX-512 BF16 emulates bf16, and an MFU over the emulated peak would flatter us; results from "
+            "before float32 was measured use the bf16 peak).", "",
             "The C allocator setting is the process's, so both frameworks always run under the same one, and each "
             "setting has its own table. Keeping freed blocks mapped is what our runs use; it speeds transformers up "
             "too (its CPU allocator goes through the same `posix_memalign`)." + allocator_contrast(), ""]
-  for suffix, title in ALLOCATORS:
-    lines += [f"### Allocator: {title}", ""]
-    steps_table(lines, suffix)
+  for machine, machine_title in MACHINES:
+    for suffix, title in ALLOCATORS:
+      if machine and not any(load(f"train_step_cpu{machine}_{size}{suffix}.json") for size in "abc"):
+        continue
+      lines += [f"### {machine_title[0].upper() + machine_title[1:]}; allocator: {title}", ""]
+      steps_table(lines, machine, suffix)
 
 
-def steps_table(lines: list[str], suffix: str) -> None:
+def peak_cell(d: dict) -> str:
+  """The matmul peaks a train-step result measured, and which one its MFU is over."""
+  bf16 = f"bf16 {d['peak_bf16_gflops']['median']:.0f}"
+  if "mfu_peak" not in d:   # before float32 was measured too: MFU over the bf16 peak
+    return bf16
+  return f"{bf16}, f32 {d['peak_f32_gflops']['median']:.0f} (MFU over {d['mfu_peak']['dtype']})"
+
+
+def steps_table(lines: list[str], machine: str, suffix: str) -> None:
   rows, found = [], []
   for size in "abc":
-    d = load(f"train_step_cpu_{size}{suffix}.json")
+    d = load(f"train_step_cpu{machine}_{size}{suffix}.json")
     if not d:
       rows.append([f"({size})", "not measured", "", "", "", "", "", "", ""])
       continue
     found.append(d)
     s, x = d["settings"], d.get("summary", {})
-    cell = lambda k: (f"{s[k]['median_ms']:,.0f} ({s[k]['min_ms']:,.0f}-{s[k]['max_ms']:,.0f})" if k in s else "-")
+    dropped = d.get("dropped", {})
+    cell = lambda k: (f"{s[k]['median_ms']:,.0f} ({s[k]['min_ms']:,.0f}-{s[k]['max_ms']:,.0f})" if k in s else
+                      f"dropped after warm-up ({dropped[k]['warmup_ms'][-1]:,.0f} ms/step)" if k in dropped else "-")
     m = d["model"]
     rows.append([f"({size}) d={m['emb_dim']}, {m['n_layers']} layers", cell("torch-fp32"), cell("torch-bf16"),
                  cell("ours-f32"), cell("ours-bf16"),
@@ -89,10 +107,10 @@ def steps_table(lines: list[str], suffix: str) -> None:
                  f"{'met' if x['meets_ratio_target'] else 'NOT met'})" if x else "-",
                  f"{100 * x['mfu']:.0f}%" + (f" (target 60%: {'met' if x['meets_mfu_target'] else 'NOT met'})"
                                              if "meets_mfu_target" in x else "") if x else "-",
-                 f"{d['peak_bf16_gflops']['median']:.0f}",
+                 peak_cell(d),
                  " / ".join(f"{s[k]['gflops_per_s']:.0f}" for k in ("torch-bf16", "ours-bf16") if k in s)])
   lines += table(["size", "transformers fp32", "transformers bf16 autocast", "xlm_jax f32", "xlm_jax bf16",
-                  "xlm_jax / faster transformers", "MFU (ours)", "bf16 peak GFLOP/s", "GFLOP/s torch-bf16 / ours-bf16"],
+                  "xlm_jax / faster transformers", "MFU (ours)", "matmul peak GFLOP/s", "GFLOP/s torch-bf16 / ours-bf16"],
                  rows) + [""]
   for d in found:
     x = d.get("summary")
@@ -106,6 +124,7 @@ def steps_table(lines: list[str], suffix: str) -> None:
               f"per setting per round; model FLOPs per step ours {d['settings'].get('ours-bf16', d['settings'].get('ours-f32', {})).get('model_gflop_per_step', 0):.1f} "
               f"GFLOP, transformers {d['settings'].get('torch-bf16', d['settings'].get('torch-fp32', {})).get('model_gflop_per_step', 0):.1f} GFLOP. "
               f"Processes: {d.get('processes', 'both frameworks in one process (before each got its own)')}.  "]
+    lines += [f"Dropped: {k}, {v['why']}.  " for k, v in d.get("dropped", {}).items()]
     lines += provenance(d)
 
 
@@ -132,9 +151,12 @@ def section_equal_loss(lines: list[str]) -> None:
 
 def section_epoch(lines: list[str]) -> None:
   lines += ["## One budget of MLM+TLM target tokens on Multi30k en-fr", ""]
-  for suffix, title in ALLOCATORS:
-    lines += [f"### Allocator: {title}", ""]
-    epoch_table(lines, suffix)
+  for machine, machine_title in MACHINES:
+    for suffix, title in ALLOCATORS:
+      if machine and not load(f"epoch_cpu{machine}{suffix}.json"):
+        continue
+      lines += [f"### {machine_title[0].upper() + machine_title[1:]}; allocator: {title}", ""]
+      epoch_table(lines, machine + suffix)
 
 
 def epoch_table(lines: list[str], suffix: str) -> None:
