@@ -8,7 +8,9 @@ en-fr; dropout 0.1) from the same initial weights (ours converted with xlm_jax.i
 until each has trained on `--budget` predicted (target) tokens; 15% of real tokens are predicted on both sides.
 - ours: the project's own pipeline and step, as `main.py` runs them: `pretrain.build_task` rows (MLM streams of
   `bptt` tokens, TLM pairs packed first-fit-decreasing into fixed rows, one update per step with both objectives),
-  the jitted donated step in the config's dtype (bfloat16 matmuls), one compilation.
+  the jitted donated step, one compilation, in the faster of bfloat16 / float32 matmuls on this machine (a short
+  probe of both decides, as on transformers' side; `--ours-dtype` fixes it; on a CPU without AVX-512 BF16, bf16 is
+  emulated and float32 usually wins).
 - transformers: batches as a user builds them for `XLMWithLMHeadModel`: one sentence (MLM) or one framed pair
   `</s> en </s></s> fr </s>` with positions restarting and per-token language ids (TLM) per row, rows in random
   order, padded to the longest row of the batch; objectives take turns (en, fr, en-fr), one update per batch,
@@ -156,12 +158,21 @@ def run_torch(runner, rows: PaddedRows, rows_per_batch: dict, masking, budget: i
 class OursSide:
   """Our side, in its own process: the config's task and jitted donated step, compiled on construction."""
 
-  def __init__(self, variant: str, workdir: str, seed: int):
+  def __init__(self, variant: str, workdir: str, seed: int, dtype: str = "auto"):
     import jax.numpy as jnp
     config, task, context = build_ours(variant, workdir)
     cfg = context["model_config"]
     params = nn.unbox(init_params(cfg.replace(dtype="float32"), jax.random.key(seed)))
     self.params_f32 = jax.device_get(params)
+    self.probe = {}
+    if dtype == "auto":  # as transformers' side does: the faster compute dtype on this machine, by a short probe
+      for candidate in ("bfloat16", "float32"):
+        step_fn, state = train_step.ours_step(cfg.replace(dtype=candidate), params, lr=config.train.lr)
+        state, after, _, _ = run_ours(step_fn, state, task, 0, 1)  # compilation and the first step, untimed
+        self.probe[candidate] = run_ours(step_fn, state, task, after, 3 * 300)[3]
+        del step_fn, state
+      dtype = min(self.probe, key=self.probe.get)
+    cfg = cfg.replace(dtype=dtype)
     self.task, self.step_fn, self.state = task, *train_step.ours_step(cfg, params, lr=config.train.lr)
     t = time.perf_counter()
     first = task.batches.batch(0)
@@ -171,6 +182,7 @@ class OursSide:
     slots = sum(int(np.prod(b["segment_ids"].shape)) for b in first.values())
     self.info = {"compile_s": time.perf_counter() - t, "real_tokens": real, "slots": slots,
                  "objectives": sorted(first), "batch_rows": config.data.batch_size, "row_length": config.data.bptt,
+                 "dtype_probe_seconds": self.probe,
                  "model": {"emb_dim": cfg.emb_dim, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
                            "vocab": cfg.vocab_size, "dtype": cfg.dtype, "dropout": cfg.dropout}}
     self.next_step = 1
@@ -235,6 +247,8 @@ def parse_args(argv=None):
   p.add_argument("--torch-rows", type=int, default=0,
                  help="rows per transformers batch (default: as many real tokens per batch as one of our objectives)")
   p.add_argument("--workdir", default="/tmp/xlm_jax_epoch", help="tokenizer and prepared data (reused)")
+  p.add_argument("--ours-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                 help="our compute dtype; auto: the faster of the two in a short probe")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None)
   bench_common.add_host_malloc_flag(p)
@@ -246,7 +260,8 @@ def main(argv=None):
   host_malloc = bench_common.apply_host_malloc(args.host_malloc)
   record = dict(bench_common.provenance(), **host_malloc)
   workdir = os.path.join(args.workdir, args.variant)
-  ours_side = bench_common.SideProcess(OursSide, args.variant, workdir, args.seed, host_malloc=args.host_malloc)
+  ours_side = bench_common.SideProcess(OursSide, args.variant, workdir, args.seed, args.ours_dtype,
+                                       host_malloc=args.host_malloc)
   info = ours_side.call("describe")
   torch_side = bench_common.SideProcess(
       TorchSide, args.variant, workdir, args.seed, ours_side.call("initial_params"),
@@ -271,7 +286,7 @@ def main(argv=None):
                 processes="one per framework (bench_common.SideProcess), alternating halves", model=model,
                 ours=dict(ours, batch_rows=info["batch_rows"], row_length=info["row_length"],
                           objectives=info["objectives"], non_pad_share=info["real_tokens"] / info["slots"],
-                          compile_s=info["compile_s"]),
+                          compile_s=info["compile_s"], dtype_probe_seconds=info["dtype_probe_seconds"]),
                 transformers=dict(theirs, **torch_info), ratio=ratio, target_ratio=TARGET, meets_target=ratio >= TARGET)
   print(f"\nMulti30k en-fr MLM+TLM, {args.variant} (d={model['emb_dim']}, {model['n_layers']} layers, "
         f"V={model['vocab']}), budget {args.budget} targets; each framework in its own process")

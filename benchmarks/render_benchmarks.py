@@ -174,6 +174,12 @@ def epoch_table(lines: list[str], suffix: str) -> None:
        f"{', '.join(f'{k} {v}' for k, v in t['rows_per_batch'].items())})", f"{t['seconds']:.1f}", t["targets"],
        t["steps"], f"{t['targets_per_s']:.0f}",
        ", ".join(f"{k} {v:.1%}" for k, v in t["non_pad_share_by_stream"].items())]]) + [""]
+  probes = [f"{side} {', '.join(f'{k} {v:.1f} s' for k, v in probe.items())}"
+            for side, probe in (("ours", o.get("dtype_probe_seconds")), ("transformers", t.get("probe_seconds")))
+            if probe]
+  if probes:
+    lines += [f"Each side trains in its faster setting on this machine, picked by a short probe of both on 900 target "
+              f"tokens ({'; '.join(probes)}).", ""]
   lines += [f"Ratio **{d['ratio']:.2f}x** (target {d['target_ratio']}x: {'met' if d['meets_target'] else 'NOT met'}); "
             f"our one compilation ({o['compile_s']:.1f} s) is not in the time. Processes: "
             f"{d.get('processes', 'both frameworks in one')}.", ""]

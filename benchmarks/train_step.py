@@ -291,7 +291,7 @@ def main(argv=None):
       (times[s] if r >= args.warmup else warmup_ms[s]).append(ms)
       print(f"round {r}{' (warm-up)' if r < args.warmup else ''}: {s} {ms:.0f} ms/step", flush=True)
     if r < args.warmup:
-      for s, why in slow_settings(warmup_ms, args.drop_slower).items():
+      for s, why in slow_settings({k: v for k, v in warmup_ms.items() if k not in dropped}, args.drop_slower).items():
         dropped[s] = {"warmup_ms": warmup_ms[s], "why": why}
         print(f"dropped {s}: {why}", flush=True)
   settings = [s for s in settings if s not in dropped]
