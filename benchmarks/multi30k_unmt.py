@@ -165,9 +165,13 @@ def positions(args) -> None:
   from xlm_jax.train import pretrain
   enable_compilation_cache("~/.cache/xlm_jax/jit")
   result = {**provenance(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "variant": args.variant, "steps": args.pretrain_steps, "runs": {}}
+            "variant": args.variant, "steps": args.pretrain_steps,
+            "pretrain_override": {k: v for k, v in args.pretrain_override}, "runs": {}}
   for name, sinusoidal in (("learned", False), ("sinusoidal", True)):
-    args_run = argparse.Namespace(**{**vars(args), "pretrain_override": [("model.sinusoidal_embeddings", sinusoidal),
+    if name not in args.runs:
+      continue
+    args_run = argparse.Namespace(**{**vars(args), "pretrain_override": [*args.pretrain_override,
+                                                                         ("model.sinusoidal_embeddings", sinusoidal),
                                                                          ("log.eval_every", args.eval_every)]})
     c = pretrain_config(args_run)
     workdir = os.path.join(args.workdir, f"positions_{name}")
@@ -179,7 +183,7 @@ def positions(args) -> None:
       if r.get("kind") == "eval":
         curve.append({"step": r["step"], **{k.split("/")[0]: v for k, v in r.items() if k.endswith("_acc")}})
     result["runs"][name] = {"seconds": time.time() - t, "curve": curve,
-                            "config": {"lr": c.train.lr, "warmup_steps": c.train.warmup_steps,
+                            "config": {"lr": c.train.lr, "warmup_steps": c.train.warmup_steps, "dtype": c.model.dtype,
                                        "batch_size": c.data.batch_size, "bptt": c.data.bptt,
                                        "model": {k: c.model[k] for k in ("emb_dim", "n_layers", "n_heads")}}}
     write_json(args.out, result)
@@ -277,6 +281,9 @@ def main():
   q.add_argument("--pretrain-steps", type=int, default=6000)
   q.add_argument("--eval-every", type=int, default=500)
   q.add_argument("--workdir", default="runs/unmt_positions")
+  q.add_argument("--runs", default="learned,sinusoidal", help="which of learned,sinusoidal to run")
+  q.add_argument("--pretrain-override", nargs="*", default=[], type=str,
+                 help="pretraining config fields, e.g. model.dtype=float32 on a CPU without AVX-512 BF16")
   q.add_argument("--out", required=True)
   g = sub.add_parser("render")
   g.add_argument("results", nargs="+")
@@ -286,6 +293,11 @@ def main():
     render(args.results, args.png)
     return
   if args.cmd == "positions":
+    args.runs = [x.strip() for x in args.runs.split(",") if x.strip()]
+    unknown = set(args.runs) - {"learned", "sinusoidal"}
+    if unknown:
+      raise SystemExit(f"--runs: unknown {sorted(unknown)}; choose from learned, sinusoidal")
+    args.pretrain_override = _pairs(args.pretrain_override)
     positions(args)
     return
   args.override, args.pretrain_override = _pairs(args.override), _pairs(args.pretrain_override)
