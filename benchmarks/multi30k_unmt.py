@@ -177,12 +177,15 @@ def positions(args) -> None:
     workdir = os.path.join(args.workdir, f"positions_{name}")
     t = time.time()
     pretrain.run(c, workdir)
-    curve = []
+    curve, times = [], []
     for line in open(os.path.join(workdir, "metrics.jsonl")):
       r = json.loads(line)
+      if "time" in r:
+        times.append(r["time"])
       if r.get("kind") == "eval":
         curve.append({"step": r["step"], **{k.split("/")[0]: v for k, v in r.items() if k.endswith("_acc")}})
-    result["runs"][name] = {"seconds": time.time() - t, "curve": curve,
+    # the training's wall time from its own log (a run resumed after a stop counts its earlier part, and the pause)
+    result["runs"][name] = {"seconds": max(times) - min(times) if len(times) > 1 else time.time() - t, "curve": curve,
                             "config": {"lr": c.train.lr, "warmup_steps": c.train.warmup_steps, "dtype": c.model.dtype,
                                        "batch_size": c.data.batch_size, "bptt": c.data.bptt,
                                        "model": {k: c.model[k] for k in ("emb_dim", "n_layers", "n_heads")}}}
