@@ -354,8 +354,15 @@ def _small_halves_plateau() -> list[str]:
   left = next((q for q in run["curve"] if mean(q) >= PLATEAU), None)
   last = run["curve"][-1]
   cfg = run["config"]
-  verdict = (f"it leaves the unigram plateau (mean held-out masked accuracy {100 * PLATEAU:.0f}%) by step "
-             f"{left['step']:,}" if left else
+  tiny_run = ((load("unmt_positions_tiny.json") or {}).get("runs", {}).get("sinusoidal") or {})
+  tiny_left = next((q for q in tiny_run.get("curve", []) if mean(q) >= PLATEAU), None)
+  tiny = (f"; `tiny_halves` (lr {tiny_run['config']['lr']:g}) got there at step {tiny_left['step']:,}"
+          if tiny_left else "")
+  verdict = (f"its mean held-out masked accuracy first reaches {100 * PLATEAU:.0f}% (the edge of the unigram "
+             f"plateau) at step {left['step']:,} ({100 * left['mlm_en']:.1f}% / {100 * left['mlm_fr']:.1f}% en / fr), "
+             f"rising from {100 * min(map(mean, run['curve'])):.1f}%{tiny}. Whether it climbs on as `tiny_halves` "
+             "did is for the GPU run's `pretraining.last_eval` to show"
+             if left else
              f"it has not left the unigram plateau (mean held-out masked accuracy below {100 * PLATEAU:.0f}%) by step "
              f"{last['step']:,}: the GPU run's pretraining must be checked before its UNMT curve is read")
   return ([f"The GPU run's pretraining, tested on CPU: `small_halves` (sinusoidal positions, lr {cfg['lr']:g}, "
