@@ -1,0 +1,144 @@
+"""Where our MLM train step spends its time: a jax.profiler trace of the issue-13 step, summed per XLA operation.
+
+  python benchmarks/profile_step.py --size b --dtype float32 --out benchmarks/results/profile_step_cpu_avx2_b_f32.json
+
+The step is `train_step.py`'s (same sizes, batches, dropout, Adam). After `--warmup` steps, `--steps` steps run
+under `jax.profiler.trace` with a Perfetto trace; every event whose name is an instruction of the compiled step
+(XLA:CPU runs one "thunk" per fusion, dot, copy, ...) is summed by that name and joined with the instruction's
+result shape and kind from the compiled HLO. The JSON lists the step's wall time, the summed time per operation
+family (the name without its `.N` suffix: `dot`, `copy_bitcast_fusion`, `loop_add_fusion`, ...) and the `--top`
+most expensive instructions with their shapes.
+
+The trap: XLA:CPU runs independent thunks concurrently, so the summed thunk time can exceed the wall time, and a
+thunk's duration includes waiting for cores that a concurrent thunk holds. Read the figures as where the cores are
+busy, not as a partition of the step. Profiling adds overhead (~5-15% here); `wall_ms_traced` is the traced steps'
+own wall time, `wall_ms_untraced` the same steps without the profiler.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import flax.linen as nn
+import jax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common  # noqa: E402
+import train_step as ts  # noqa: E402
+from xlm_jax.model import init_params  # noqa: E402
+
+# `  %name = f32[16,128]{1,0} opcode(...)`, or `  name = ...` without the sigil, ROOT included; tuples are skipped
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*([a-z0-9]+\[[^\]]*\])\S*\s+([\w\-]+)\(")
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, dict]:
+  """name -> {shape, opcode, kind} for each instruction of the compiled module's entry and its callees."""
+  out = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m:
+      kind = re.search(r"kind=(k\w+)", line)
+      out[m.group(1)] = {"shape": m.group(2), "opcode": m.group(3), "kind": kind.group(1) if kind else None}
+  return out
+
+
+def family(name: str) -> str:
+  """`copy_bitcast_fusion.12` -> `copy_bitcast_fusion`; `dot.3` -> `dot`."""
+  return re.sub(r"(\.\d+)+$", "", name)
+
+
+def trace_events(trace_dir: str) -> list[dict]:
+  """Complete ('X') events of the Perfetto JSON trace that jax.profiler wrote under `trace_dir`."""
+  files = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  if not files:
+    raise SystemExit(f"no perfetto_trace.json.gz under {trace_dir}: jax.profiler wrote no Perfetto trace")
+  with gzip.open(max(files, key=os.path.getmtime), "rt") as f:
+    data = json.load(f)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  return [e for e in events if e.get("ph") == "X" and "dur" in e]
+
+
+def summarise(events: list[dict], instructions: dict[str, dict], steps: int, top: int) -> dict:
+  per_name = collections.Counter()
+  calls = collections.Counter()
+  for e in events:
+    if e["name"] in instructions:
+      per_name[e["name"]] += e["dur"] / 1e3   # us -> ms
+      calls[e["name"]] += 1
+  per_family = collections.Counter()
+  per_shape = collections.Counter()
+  count_shape = collections.Counter()
+  for name, ms in per_name.items():
+    per_family[family(name)] += ms
+    per_shape[(family(name), instructions[name]["shape"])] += ms
+    count_shape[(family(name), instructions[name]["shape"])] += 1
+  return {
+      "thunk_ms_per_step": sum(per_name.values()) / steps,
+      "families": [{"family": f, "ms_per_step": ms / steps} for f, ms in per_family.most_common()],
+      "by_shape": [{"family": f, "shape": sh, "instructions": count_shape[(f, sh)], "ms_per_step": ms / steps}
+                   for (f, sh), ms in per_shape.most_common(top)],
+      "top": [dict(instructions[n], name=n, ms_per_step=ms / steps, calls_per_step=calls[n] / steps)
+              for n, ms in per_name.most_common(top)],
+  }
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--size", choices=sorted(ts.SIZES), default="b")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--warmup", type=int, default=3, help="steps run before timing and tracing (compile included)")
+  p.add_argument("--steps", type=int, default=3, help="steps timed without, then with the profiler")
+  p.add_argument("--top", type=int, default=30, help="instructions listed by time")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="JSON result path")
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  record = bench_common.provenance()
+  cfg = ts.model_config(args.size, args.dtype)
+  params = nn.unbox(init_params(ts.model_config(args.size, "float32"), jax.random.key(args.seed)))
+  runner = ts.Ours(cfg, params)
+  feed = ts.ours_batches(ts.random_batches(args.warmup + 2 * args.steps, args.seed + 1))
+  hlo = runner.step.lower(runner.state, feed[0]).compile().as_text()
+  instructions = hlo_instructions(hlo)
+  runner.run(feed[:args.warmup])
+  t = time.perf_counter()
+  runner.run(feed[args.warmup:args.warmup + args.steps])
+  untraced = 1000 * (time.perf_counter() - t) / args.steps
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      t = time.perf_counter()
+      runner.run(feed[args.warmup + args.steps:])
+      traced = 1000 * (time.perf_counter() - t) / args.steps
+    events = trace_events(trace_dir)
+  summary = summarise(events, instructions, args.steps, args.top)
+  result = dict(record, benchmark="profile_step", size=args.size, dtype=args.dtype, model=ts.SIZES[args.size],
+                steps=args.steps, wall_ms_untraced=untraced, wall_ms_traced=traced,
+                matched_instructions=len(summary["top"]), **summary)
+  print(f"size {args.size} {args.dtype}: {untraced:.0f} ms/step untraced, {traced:.0f} traced; "
+        f"thunks sum to {summary['thunk_ms_per_step']:.0f} ms/step")
+  for f in summary["families"][:15]:
+    print(f"  {f['ms_per_step']:8.1f} ms  {f['family']}")
+  print("by family and result shape:")
+  for x in summary["by_shape"][:args.top]:
+    print(f"  {x['ms_per_step']:8.1f} ms  {x['instructions']:3d} x {x['family']:28s} {x['shape']}")
+  print("top instructions:")
+  for x in summary["top"][:args.top]:
+    print(f"  {x['ms_per_step']:8.1f} ms  {x['name']:40s} {x['opcode']:10s} {x['shape']}")
+  if args.out:
+    bench_common.write_json(args.out, result)
+  return result
+
+
+if __name__ == "__main__":
+  main()
