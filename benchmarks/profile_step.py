@@ -99,12 +99,13 @@ def parse_args(argv=None):
   p.add_argument("--top", type=int, default=30, help="instructions listed by time")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="JSON result path")
+  bench_common.add_host_malloc_flag(p)
   return p.parse_args(argv)
 
 
 def main(argv=None):
   args = parse_args(argv)
-  record = bench_common.provenance()
+  record = dict(bench_common.provenance(), **bench_common.apply_host_malloc(args.host_malloc))
   cfg = ts.model_config(args.size, args.dtype)
   params = nn.unbox(init_params(ts.model_config(args.size, "float32"), jax.random.key(args.seed)))
   runner = ts.Ours(cfg, params)
