@@ -1,6 +1,4 @@
 """The XLM Transformer: published parameter counts, masking semantics, causal mode, bf16 path, traps."""
-import re
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -195,26 +193,8 @@ def test_bfloat16_gradients_are_float32_and_close_to_float32_gradients(params):
     assert float(np.abs(np.asarray(a - b)).max()) <= 0.05 * float(np.abs(np.asarray(a)).max()) + floor
   hlo = jax.jit(jax.grad(loss), static_argnums=1).lower(params, "bfloat16").as_text()
   dots = [line for line in hlo.splitlines() if "dot_general" in line and "tensor<" in line]
-  # add_vector_bias's gradient, ones . g at HIGHEST precision, is a float32 sum by design, not a matmul
-  sums = [d for d in dots if "precision = [HIGHEST, HIGHEST]" in d and re.search(r": \(tensor<\d+xf32>,", d)]
-  assert len(sums) == 1, sums  # the vocabulary bias
-  upcast = [d for d in dots if "xf32>" in d.split("->")[0] and d not in sums]
+  upcast = [d for d in dots if "xf32>" in d.split("->")[0]]
   assert dots and not upcast, upcast[:2]  # plain autodiff would run the backward dots on float32 operands
-
-
-def test_vector_bias_gradient_as_a_product_equals_autodiff_sum():
-  from xlm_jax.model.layers import add_vector_bias
-  rng = np.random.default_rng(0)
-  y = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)
-  bias = jnp.asarray(rng.normal(size=(7,)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(3, 5, 7)), jnp.float32)
-  loss = lambda add: lambda y, b: jnp.sum(jnp.tanh(add(y, b)) * w)
-  np.testing.assert_array_equal(np.asarray(add_vector_bias(y, bias)), np.asarray(y + bias))
-  ours = jax.grad(loss(add_vector_bias), argnums=(0, 1))(y, bias)
-  plain = jax.grad(loss(lambda y, b: y + b), argnums=(0, 1))(y, bias)
-  for a, b in zip(ours, plain):
-    assert a.shape == b.shape and a.dtype == b.dtype
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 
 
 def test_dropout_keeps_one_minus_rate_scaled_and_is_a_function_of_the_key():
