@@ -42,6 +42,17 @@ def versions() -> dict:
   return out
 
 
+def cpu_jiffies() -> dict[str, int]:
+  """Machine-wide CPU time so far (/proc/stat, in clock ticks): all of it, and the share the hypervisor took."""
+  try:
+    with open("/proc/stat") as f:
+      fields = [int(x) for x in f.readline().split()[1:]]
+  except (OSError, ValueError):
+    return {}
+  # user nice system idle iowait irq softirq steal [guest guest_nice, already counted in user/nice]
+  return {"total": sum(fields[:8]), "steal": fields[7] if len(fields) > 7 else 0}
+
+
 def provenance() -> dict:
   """command, git commit, date, machine and versions: the fields docs/benchmarks.md prints under each table."""
   device = jax.devices()[0]
@@ -49,12 +60,19 @@ def provenance() -> dict:
           "git_commit": git_commit(), "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
           "machine": {"cpu": cpu_info(), "platform": platform.platform(), "jax_backend": jax.default_backend(),
                       "device": f"{jax.device_count()} x {device.device_kind}"},
-          "versions": versions(), "load_average_start": list(os.getloadavg())}
+          "versions": versions(), "load_average_start": list(os.getloadavg()), "cpu_jiffies_start": cpu_jiffies()}
 
 
 def write_json(path: str, result: dict) -> None:
-  """Write `result` (with the load average at the end of the run added) as indented JSON."""
+  """Write `result` (with the load average at the end of the run added) as indented JSON.
+
+  With `cpu_jiffies_start` (from `provenance`), `cpu_steal_share` is the share of the machine's CPU time during
+  the run that a hypervisor gave to other guests: on a shared VM, step times swing with it.
+  """
   result["load_average_end"] = list(os.getloadavg())
+  start, end = result.get("cpu_jiffies_start") or {}, cpu_jiffies()
+  if start and end and end["total"] > start["total"]:
+    result["cpu_steal_share"] = (end["steal"] - start["steal"]) / (end["total"] - start["total"])
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(result, f, indent=1)

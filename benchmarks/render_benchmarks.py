@@ -27,8 +27,9 @@ def machine_line(d: dict) -> str:
 
 
 def provenance(d: dict) -> list[str]:
+  steal = f", CPU time taken by the hypervisor {100 * d['cpu_steal_share']:.1f}%" if "cpu_steal_share" in d else ""
   return [f"Command: `{d['command']}`  ", f"Commit {d.get('git_commit', '?')}, {d.get('date_utc', '?')}, load "
-          f"average at start {', '.join(f'{x:.2f}' for x in d.get('load_average_start', []))}  ",
+          f"average at start {', '.join(f'{x:.2f}' for x in d.get('load_average_start', []))}{steal}  ",
           f"Machine: {machine_line(d)}", ""]
 
 
