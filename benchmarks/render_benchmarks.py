@@ -223,13 +223,15 @@ def section_profile(lines: list[str], top: int = 12) -> None:
   lines += ["## Where our step spends its time", "",
             "A jax.profiler trace of our step (`benchmarks/profile_step.py`), each XLA operation's time summed by "
             "family and by result shape. XLA:CPU runs independent operations concurrently, so the sums can exceed "
-            "the wall time: they say where the cores are busy, not a partition of the step.", ""]
+            "the wall time: they say where the cores are busy, not a partition of the step. The rate of a row "
+            "with matmuls is their FLOPs over that summed time (a thunk's time includes waiting for a core).", ""]
   for name, d in runs:
     lines += [f"### `{name}`: size ({d['size']}), {d['dtype']}, {d['wall_ms_untraced']:,.0f} ms/step untraced "
               f"({d['wall_ms_traced']:,.0f} traced), operations sum to {d['thunk_ms_per_step']:,.0f} ms/step", ""]
-    lines += table(["family", "result shape", "operations", "ms per step"],
-                   [[f"`{x['family']}`", f"`{x['shape']}`", str(x["instructions"]), f"{x['ms_per_step']:.1f}"]
-                    for x in d["by_shape"][:top]])
+    rate = lambda x: f"{x['matmul_gflops_per_s']:.0f}" if x.get("matmul_gflops_per_s") else ""
+    lines += table(["family", "result shape", "operations", "ms per step", "matmul GFLOP/s"],
+                   [[f"`{x['family']}`", f"`{x['shape']}`", str(x["instructions"]), f"{x['ms_per_step']:.1f}",
+                     rate(x)] for x in d["by_shape"][:top]])
     lines += [""] + provenance(d)
 
 
