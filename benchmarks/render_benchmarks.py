@@ -227,7 +227,9 @@ def section_profile(lines: list[str], top: int = 12) -> None:
             "with matmuls is their FLOPs over that summed time (a thunk's time includes waiting for a core).", ""]
   for name, d in runs:
     lines += [f"### `{name}`: size ({d['size']}), {d['dtype']}, {d['wall_ms_untraced']:,.0f} ms/step untraced "
-              f"({d['wall_ms_traced']:,.0f} traced), operations sum to {d['thunk_ms_per_step']:,.0f} ms/step", ""]
+              f"({d['wall_ms_traced']:,.0f} traced), operations sum to {d['thunk_ms_per_step']:,.0f} ms/step"
+              + (f", matmuls {d['matmul_gflop_per_step']:.1f} GFLOP per step" if "matmul_gflop_per_step" in d else ""),
+              ""]
     rate = lambda x: f"{x['matmul_gflops_per_s']:.0f}" if x.get("matmul_gflops_per_s") else ""
     lines += table(["family", "result shape", "operations", "ms per step", "matmul GFLOP/s"],
                    [[f"`{x['family']}`", f"`{x['shape']}`", str(x["instructions"]), f"{x['ms_per_step']:.1f}",
