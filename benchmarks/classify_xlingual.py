@@ -53,7 +53,8 @@ def bundle_recipe(bundle: str) -> dict:
   return {"corpus": data.get("corpus"), "languages": data.get("languages"), "mlm_steps": data.get("mlm_steps"),
           "mono_lines": data.get("mono_lines"), "vocab_size": data.get("vocab_size"), "steps": train.get("steps"),
           "lr": train.get("lr"), "batch_size": data.get("batch_size"), "bptt": data.get("bptt"),
-          "model": {k: model.get(k) for k in ("emb_dim", "n_layers", "n_heads")}}
+          "model": {k: model.get(k) for k in ("emb_dim", "n_layers", "n_heads", "use_lang_emb",
+                                               "sinusoidal_embeddings")}}
 
 
 def finetune(variant: str, bundle: str, workdir: str, overrides: dict) -> dict:
