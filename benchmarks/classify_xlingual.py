@@ -54,7 +54,7 @@ def bundle_recipe(bundle: str) -> dict:
           "mono_lines": data.get("mono_lines"), "vocab_size": data.get("vocab_size"), "steps": train.get("steps"),
           "lr": train.get("lr"), "batch_size": data.get("batch_size"), "bptt": data.get("bptt"),
           "model": {k: model.get(k) for k in ("emb_dim", "n_layers", "n_heads", "use_lang_emb",
-                                               "sinusoidal_embeddings")}}
+                                               "sinusoidal_embeddings", "dtype")}}
 
 
 def finetune(variant: str, bundle: str, workdir: str, overrides: dict) -> dict:

@@ -632,7 +632,8 @@ def _recipes(data: dict) -> list[str]:
                  f"{r.get('vocab_size'):,}, batch {r.get('batch_size')}x{r.get('bptt')}, lr {r.get('lr')}"
                  + ("" if "use_lang_emb" not in m else
                     f", {'sinusoidal' if m.get('sinusoidal_embeddings') else 'learned'} positions, "
-                    f"{'with' if m['use_lang_emb'] else 'no'} language embeddings"))
+                    f"{'with' if m['use_lang_emb'] else 'no'} language embeddings")
+                 + (f", {m['dtype']}" if m.get("dtype") else ""))
   return out + [""] if out else []
 
 
