@@ -33,6 +33,19 @@ from xlm_jax.provenance import provenance
 CURVE_KEYS = ("bleu_en-fr", "bleu_fr-en", "tokenized_bleu_en-fr", "tokenized_bleu_fr-en", "copy_bleu_en-fr",
               "copy_bleu_fr-en", "source_bleu_en-fr", "source_bleu_fr-en", "roundtrip_bleu_en-fr-en",
               "roundtrip_bleu_fr-en-fr", "roundtrip_bleu")
+# with config.nmt.lambda_dis: the language discriminator's accuracy and losses over the last logging window
+TRAIN_KEYS = ("dis_acc", "dis_loss", "adv_loss")
+
+
+def last_train_metrics(metrics_path: str, step: int) -> dict:
+  """TRAIN_KEYS of the newest training record at or before `step` in a run's metrics.jsonl (empty without)."""
+  last = {}
+  if os.path.exists(metrics_path):
+    for line in open(metrics_path):
+      r = json.loads(line)
+      if r.get("kind") == "train" and r.get("step", step + 1) <= step and any(k in r for k in TRAIN_KEYS):
+        last = {k: r[k] for k in TRAIN_KEYS if k in r}
+  return last
 
 
 def pretrain_config(args):
@@ -139,13 +152,15 @@ def run(args) -> None:
     for line in open(metrics_path):
       r = json.loads(line)
       if r.get("kind") == "eval" and "bleu_en-fr" in r:
-        result["curve"].append({"step": r["step"], **{k: r[k] for k in CURVE_KEYS if k in r}})
+        result["curve"].append({"step": r["step"], **{k: r[k] for k in CURVE_KEYS if k in r},
+                                **last_train_metrics(metrics_path, r["step"])})
   inner = task.extra_eval
   t0 = time.time()
 
   def extra_eval(params, step):
     out = inner(params, step)
-    point = {"step": int(step), "seconds": time.time() - t0, **{k: out[k] for k in CURVE_KEYS if k in out}}
+    point = {"step": int(step), "seconds": time.time() - t0, **{k: out[k] for k in CURVE_KEYS if k in out},
+             **last_train_metrics(metrics_path, int(step))}
     result["curve"] = [p for p in result["curve"] if p["step"] != point["step"]] + [point]
     print("unmt-eval", json.dumps(point), flush=True)
     write_json(args.out, result)

@@ -86,3 +86,44 @@ def test_a_few_unmt_steps_translate_better_than_copying_the_source(tmp_path):
     assert last[f"bleu_{d}"] > 3 * last[f"source_bleu_{d}"], (d, last)
     assert last[f"bleu_{d}"] > 2 * last[f"copy_bleu_{d}"], (d, last)
     assert last[f"bleu_{d}"] > first[f"bleu_{d}"], (d, first, last)
+
+
+def test_the_discriminator_trains_itself_on_the_states_and_the_encoder_against_it(tmp_path):
+  """`config.nmt.lambda_dis` (Lample et al. 2018's adversarial term): the `dis` objective's gradient reaches only
+  the discriminator, the `adv` objective's only the encoder (never the decoder, never the discriminator), both over
+  the real tokens of the denoising sources; a fresh discriminator is at chance. Off (the default '0'), the tree has
+  no discriminator."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from xlm_jax import parallel
+  from xlm_jax.train import nmt
+  from xlm_jax.train.state import strip_boxes
+  c = tiny_config(**{**UNMT, "nmt.bt_steps": "", "nmt.lambda_dis": "0.5", "nmt.dis_hidden_dim": 16})
+  task, _ = nmt.build_task(c, str(tmp_path), parallel.make_mesh(c.mesh.to_dict()))
+  params = strip_boxes(task.init_params(jax.random.key(0)))
+  assert sorted(params) == ["decoder", "discriminator", "encoder"]
+  assert task.meta["discriminator"] == {"n_langs": 2, "hidden_dim": 16, "n_layers": 3, "dropout": 0.0}
+  batch = jax.tree.map(jnp.asarray, task.batches.batch(0))
+  assert sorted(batch) == ["ae"]
+  totals = task.loss.weights(batch)
+  assert totals["dis"] == totals["adv"] == np.sum(np.asarray(batch["ae"]["src_segments"]) > 0)
+  sums = task.loss.sums(params, batch, jax.random.key(1), False)
+  assert float(sums["dis"].weight) == float(totals["dis"])
+  assert 0.2 < float(sums["dis"].correct / sums["dis"].weight) < 0.8  # two languages, an untrained discriminator
+
+  def norms(objective):
+    grads = jax.grad(lambda p: task.loss.sums(p, batch, jax.random.key(1), False)[objective].loss)(params)
+    return {part: float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(tree)))) for part, tree in grads.items()}
+
+  dis, adv = norms("dis"), norms("adv")
+  assert dis["discriminator"] > 0 and dis["encoder"] == 0 and dis["decoder"] == 0, dis
+  assert adv["encoder"] > 0 and adv["discriminator"] == 0 and adv["decoder"] == 0, adv
+  assert float(task.loss.lambdas["adv"](10)) == 0.5 and float(task.loss.lambdas["dis"](10)) == 1.0
+
+  off = tiny_config(**{**UNMT, "nmt.bt_steps": ""})
+  task_off, _ = nmt.build_task(off, str(tmp_path / "off"), parallel.make_mesh(off.mesh.to_dict()))
+  assert sorted(strip_boxes(task_off.init_params(jax.random.key(0)))) == ["decoder", "encoder"]
+  with pytest.raises(Exception, match="ae_steps is empty"):
+    bad = tiny_config(**{**UNMT, "nmt.ae_steps": "", "nmt.lambda_dis": "1"})
+    nmt.build_task(bad, str(tmp_path / "bad"), parallel.make_mesh(bad.mesh.to_dict()))

@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.nmt.lambda_mt = "1"
   c.nmt.lambda_ae = "1"                # the reference's UNMT recipe: '0:1,100000:0.1,300000:0'
   c.nmt.lambda_bt = "1"
+  c.nmt.lambda_dis = "0"               # adversarial language discriminator on the encoder (Lample et al. 2018); 0 = off
+  c.nmt.dis_layers = 3                 # its hidden layers (the paper: 3 x 1024, LeakyReLU 0.2)
+  c.nmt.dis_hidden_dim = 1024
+  c.nmt.dis_dropout = 0.0
   c.nmt.word_shuffle = 0.0             # AE noise (reference UNMT: 3, 0.1, 0.1)
   c.nmt.word_dropout = 0.0
   c.nmt.word_blank = 0.0

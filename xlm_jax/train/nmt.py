@@ -13,6 +13,16 @@ list fixes the language ids. The pretraining may have run on any mesh: parameter
 placed onto this run's shardings.
 
 The target language reaches the decoder only through its language embedding; there is one BOS, `</s>`.
+
+Adversarial alignment (`config.nmt.lambda_dis`, off at '0'), as Lample et al. (2018): a `LanguageDiscriminator`
+reads the encoder states of the denoising sources and learns their language (objective `dis`, weight 1: its
+accuracy, `dis_acc`, near 1/n_langs means the languages cannot be told apart); the encoder learns to make it
+predict another language (objective `adv`, weight `lambda_dis`). Both are terms of the one loss and one optimizer
+step: `dis` reads the states through `stop_gradient` (it trains only the discriminator), `adv` reads the
+discriminator's parameters through `stop_gradient` (it trains only the encoder). The reference alternates
+separate discriminator and encoder updates, with the encoder in eval mode for the former; here both read the
+same (noised, dropped-out) states. Its parameters live beside the model's, `{"encoder", "decoder",
+"discriminator"}`; translation reads only the first two.
 """
 from __future__ import annotations
 
@@ -35,8 +45,9 @@ from xlm_jax.data.rows import BtRows, PairIndex, TranslationRows
 from xlm_jax.errors import UserError
 from xlm_jax.evaluate import bleu
 from xlm_jax.model import EncoderDecoder, TransformerConfig, forward_flops_per_token, init_encoder_decoder
+from xlm_jax.model.discriminator import LanguageDiscriminator, init_discriminator
 from xlm_jax.tokenizer import tokenizer_from_state
-from xlm_jax.train.loop import Loss, TrainTask, prediction_sums, train
+from xlm_jax.train.loop import Loss, Sums, TrainTask, prediction_sums, train
 from xlm_jax.train.optim import parse_lambda
 from xlm_jax.translate import translate_texts
 
@@ -93,7 +104,7 @@ def seed_params(fresh: Any, enc_src: Any, dec_src: Any, init) -> tuple[Any, list
   """Copy pretrained parameters into a fresh NMT tree; returns (params, table rows (path, status)).
 
   An encoder bundle has no cross-attention, so `encoder_attn` and `layer_norm15` stay fresh; a decoder taken from
-  an MT bundle brings them along."""
+  an MT bundle brings them along. Parts other than the encoder and the decoder (the discriminator) stay fresh."""
   fresh_host = jax.device_get(fresh)
   table = []
   out = {}
@@ -101,32 +112,79 @@ def seed_params(fresh: Any, enc_src: Any, dec_src: Any, init) -> tuple[Any, list
     out[part], rows = run_setup.copy_matching(fresh_host[part], source if how == "pretrained" else None, part,
                                               "NMT model")
     table += rows
+  for part in sorted(set(fresh_host) - set(out)):  # the discriminator: always fresh
+    out[part], rows = run_setup.copy_matching(fresh_host[part], None, part, "NMT model")
+    table += rows
   placed = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding), out, fresh)
   return placed, table
 
 
-def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_id: int) -> Loss:
-  """MT, denoising AE and back-translation: per objective, the summed cross-entropy of the target tokens (`Sums`).
+def model_params(params: Mapping) -> dict:
+  """The encoder-decoder's parameters of an NMT tree (without the discriminator's): what translation reads."""
+  return {"encoder": params["encoder"], "decoder": params["decoder"]}
+
+
+def _logits_and_states(model: EncoderDecoder, src_tokens, src_positions, src_langs, src_segments, tgt_tokens,
+                       tgt_positions, tgt_langs, tgt_segments, index, deterministic: bool):
+  """`EncoderDecoder.__call__` that also returns the encoder states (a `method=` for one `apply`)."""
+  hidden = model.encode(src_tokens, src_positions, src_langs, src_segments, deterministic=deterministic)
+  logits = model.decode(tgt_tokens, tgt_positions, tgt_langs, tgt_segments, hidden, src_segments, index,
+                        deterministic=deterministic)
+  return logits, hidden
+
+
+def adversarial_sums(discriminator: LanguageDiscriminator, d_params, states, langs, mask, rng,
+                     deterministic: bool) -> dict[str, Sums]:
+  """`dis`: the discriminator's cross-entropy on the true language of every real token (gradient to the
+  discriminator only); `adv`: its cross-entropy on another language, drawn uniformly (gradient to the encoder
+  only). `mask` [B, S] marks real tokens; `langs` [B, S] their language ids."""
+  weights = mask.astype(jnp.float32)
+  rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, 1)}
+  logits = discriminator.apply({"params": d_params}, jax.lax.stop_gradient(states), deterministic=deterministic,
+                               rngs=rngs)
+  n = discriminator.n_langs
+  key = jax.random.fold_in(rng if rng is not None else jax.random.key(0), 2)
+  fake = (langs + jax.random.randint(key, langs.shape, 1, max(n, 2))) % n
+  fooled = discriminator.apply({"params": jax.lax.stop_gradient(d_params)}, states, deterministic=True)
+  return {"dis": prediction_sums(logits, langs, weights), "adv": prediction_sums(fooled, fake, weights)}
+
+
+def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_id: int,
+              discriminator: LanguageDiscriminator | None = None) -> Loss:
+  """MT, denoising AE and back-translation: per objective, the summed cross-entropy of the target tokens (`Sums`);
+  with a `discriminator`, also `dis` and `adv` on the denoising sources (module docstring; `lambdas` then has
+  `adv`, and `dis` weighs 1).
 
   The encoder-decoder runs in ONE `apply` per objective, so encoder and decoder dropout masks are independent
   (derived from their module paths); objectives get distinct dropout keys."""
+  adversarial = discriminator is not None
 
   def sums(params, batch, rng, deterministic: bool):
     out = {}
+    nmt = model_params(params)
     for k, key in enumerate(sorted(batch)):
       b = batch[key]
       rngs = {} if deterministic else {"dropout": jax.random.fold_in(rng, k)}
       if key == "bt":
-        b = back_translated(params, b)
-      logits = model.apply({"params": params}, b["src_tokens"], b["src_positions"], b["src_langs"],
-                           b["src_segments"], b["tgt_tokens"], b["tgt_positions"], b["tgt_langs"], b["tgt_segments"],
-                           b["pred_index"], deterministic=deterministic, rngs=rngs)
+        b = back_translated(nmt, b)
+      args = (b["src_tokens"], b["src_positions"], b["src_langs"], b["src_segments"], b["tgt_tokens"],
+              b["tgt_positions"], b["tgt_langs"], b["tgt_segments"], b["pred_index"])
+      if adversarial and key == "ae":
+        logits, states = model.apply({"params": nmt}, *args, deterministic, method=_logits_and_states, rngs=rngs)
+        key_d = None if deterministic else jax.random.fold_in(rng, len(batch) + k)
+        out.update(adversarial_sums(discriminator, params["discriminator"], states, b["src_langs"],
+                                    b["src_segments"] > 0, key_d, deterministic))
+      else:
+        logits = model.apply({"params": nmt}, *args, deterministic=deterministic, rngs=rngs)
       out[key] = prediction_sums(logits, b["pred_targets"], b["pred_weights"])
     return out
 
   def weights(batch):
-    return {key: (jnp.sum(b["tokens"][:, 1:] != pad_id).astype(jnp.float32) if key == "bt"
-                  else jnp.sum(b["pred_weights"])) for key, b in batch.items()}
+    out = {key: (jnp.sum(b["tokens"][:, 1:] != pad_id).astype(jnp.float32) if key == "bt"
+                 else jnp.sum(b["pred_weights"])) for key, b in batch.items()}
+    if adversarial and "ae" in batch:
+      out["dis"] = out["adv"] = jnp.sum(batch["ae"]["src_segments"] > 0).astype(jnp.float32)
+    return out
 
   def back_translated(params, b):
     """Translate the l1 sentences into l2 with the current model (no gradient, no dropout, greedy, as the
@@ -145,7 +203,10 @@ def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_
             "pred_index": jnp.broadcast_to(jnp.arange(length - 1, dtype=jnp.int32), (tgt.shape[0], length - 1)),
             "pred_targets": tgt[:, 1:], "pred_weights": (tgt_seg[:, 1:] > 0).astype(jnp.float32)}
 
-  return Loss(sums=sums, weights=weights, lambdas=dict(lambdas))
+  lambdas = dict(lambdas)
+  if adversarial:
+    lambdas["dis"] = lambda step: jnp.ones((), jnp.float32)
+  return Loss(sums=sums, weights=weights, lambdas=lambdas)
 
 
 def roundtrip_texts(corpus, specs: list[StepSpec], split: str, n: int) -> dict[tuple[str, str], list[str]]:
@@ -267,6 +328,31 @@ def make_batches(config, specs: list[StepSpec], para: dict, mono: dict, lang2id:
   return mixture, valid
 
 
+def make_discriminator(config, specs: list[StepSpec], n_langs: int) -> LanguageDiscriminator | None:
+  """The language discriminator `config.nmt.lambda_dis` asks for (None when it is the constant 0)."""
+  text = str(config.nmt.lambda_dis).strip()
+  parse_lambda(text, "config.nmt.lambda_dis")  # a clear error for a malformed value
+  try:
+    if float(text) == 0.0:
+      return None
+  except ValueError:  # a schedule
+    pass
+  if not any(s.key == "ae" for s in specs):
+    raise UserError(f"config.nmt.lambda_dis={text!r}: the discriminator reads the encoder states of the denoising "
+                    "sources, and config.nmt.ae_steps is empty; set ae_steps (e.g. 'en,fr') or lambda_dis='0'.")
+  if n_langs < 2:
+    raise UserError(f"config.nmt.lambda_dis={text!r} needs at least two languages; the model has {n_langs}.")
+  return LanguageDiscriminator(n_langs=n_langs, hidden_dim=int(config.nmt.dis_hidden_dim),
+                               n_layers=int(config.nmt.dis_layers), dropout=float(config.nmt.dis_dropout))
+
+
+def discriminator_meta(discriminator: LanguageDiscriminator | None) -> dict | None:
+  if discriminator is None:
+    return None
+  return {"n_langs": discriminator.n_langs, "hidden_dim": discriminator.hidden_dim,
+          "n_layers": discriminator.n_layers, "dropout": discriminator.dropout}
+
+
 def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   """Everything the loop needs; all checks run before anything is written to `workdir`."""
   specs = parse_nmt_steps(config.nmt.mt_steps, config.nmt.ae_steps, config.nmt.bt_steps)
@@ -307,6 +393,9 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
     ignore = ("dropout", "attention_dropout", "dtype", "remat")
     differ = [f"{k}: checkpoint {s[k]!r}, now {m[k]!r}" for s, m in zip(saved, mine) if s
               for k in m if k not in ignore and s.get(k) != m[k]]
+    had, has = existing.get("discriminator"), discriminator_meta(make_discriminator(config, specs, len(languages)))
+    if had != has:
+      differ.append(f"discriminator: checkpoint {had!r}, now {has!r} (config.nmt.lambda_dis and config.nmt.dis_*)")
     if differ or existing.get("task") != "nmt":
       raise UserError(f"workdir {workdir!r} holds a checkpoint of a different model "
                       f"({'; '.join(differ) or 'task ' + repr(existing.get('task'))}); use another --workdir.")
@@ -332,8 +421,15 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   bt_decode = decode_lib.make_decoder(enc_cfg.replace(dropout=0.0, attention_dropout=0.0),
                                       dec_cfg.replace(dropout=0.0, attention_dropout=0.0), bt_options)
   lambdas = {k: parse_lambda(getattr(config.nmt, f"lambda_{k}"), f"config.nmt.lambda_{k}") for k in ("mt", "ae", "bt")}
+  discriminator = make_discriminator(config, specs, len(languages))
+  if discriminator is not None:
+    lambdas["adv"] = parse_lambda(config.nmt.lambda_dis, "config.nmt.lambda_dis")
 
-  init = lambda rng: init_encoder_decoder(enc_cfg, dec_cfg, rng)
+  def init(rng):
+    params = init_encoder_decoder(enc_cfg, dec_cfg, rng)
+    if discriminator is None:
+      return params
+    return {**params, "discriminator": init_discriminator(discriminator, enc_cfg.emb_dim, jax.random.fold_in(rng, 1))}
 
   table_path = paths.join(workdir, "init_table.txt")
 
@@ -356,7 +452,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   copy_baseline = {d: bleu([s for s, _ in t], [r for _, r in t], d[1])["bleu"] for d, t in references.items()}
 
   def translate(params, texts, l1, l2):
-    return translate_texts(params, enc_cfg, dec_cfg, tokenizer, texts, l1, l2, languages,
+    return translate_texts(model_params(params), enc_cfg, dec_cfg, tokenizer, texts, l1, l2, languages,
                            beam_size=config.nmt.beam_size, length_penalty=config.nmt.length_penalty,
                            early_stopping=config.nmt.early_stopping, max_len_a=config.nmt.eval_max_len_a,
                            max_len_b=config.nmt.eval_max_len_b)
@@ -387,8 +483,10 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   meta_out = {"format": ckpt.BUNDLE_FORMAT, "task": "nmt", "architecture": "encoder_decoder",
               "model": enc_cfg.to_dict(), "decoder_model": dec_cfg.to_dict(), "languages": languages,
               "tokenizer": tokenizer.state(), "bleu_signature": signature, "bleu_split": config.nmt.bleu_split,
-              "config": json.loads(json.dumps(config.to_dict(), default=str))}
-  task = TrainTask(name="nmt", init_params=init, loss=make_loss(model, lambdas, bt_decode, tokenizer.pad_id),
+              "config": json.loads(json.dumps(config.to_dict(), default=str)),
+              "discriminator": discriminator_meta(discriminator)}
+  task = TrainTask(name="nmt", init_params=init,
+                   loss=make_loss(model, lambdas, bt_decode, tokenizer.pad_id, discriminator),
                    batches=batches, eval_sets=eval_sets, meta=meta_out, step_flops=nmt_flops(enc_cfg, dec_cfg),
                    step_tokens=nmt_tokens_fn(tokenizer.pad_id), compute_dtype=enc_cfg.dtype, extra_eval=extra_eval,
                    init_from=init_from)
