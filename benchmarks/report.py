@@ -483,6 +483,18 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
       r_, n_ = last_common(run, new)
       out.append(f"- {what(run)}: {both(r_)} BLEU at UNMT step {r_['step']:,} against {both(n_)} "
                  f"({mean(r_) - mean(n_):+.2f} mean){more(r_, n_)}.")
+  plain, adversarial = by_label.get("f32_base"), by_label.get("f32_dis")
+  if plain and adversarial and last_common(adversarial, plain):
+    a_, p_ = last_common(adversarial, plain)
+    nmt = adversarial["config"]["unmt"]["nmt"]
+    curve_acc = [q["dis_acc"] for q in adversarial["curve"] if "dis_acc" in q]
+    accuracy = (f"; the discriminator's accuracy on the denoising sources went from {100 * curve_acc[0]:.1f}% to "
+                f"{100 * curve_acc[-1]:.1f}% over the run (50%: it cannot tell English from French)"
+                if curve_acc else "")
+    out.append(f"- The adversarial discriminator of Lample et al. (2018), tested (`nmt.lambda_dis="
+               f"{nmt['lambda_dis']}`, {nmt['dis_layers']} x {nmt['dis_hidden_dim']} LeakyReLU; the same "
+               f"pretraining, both runs float32 on one machine): {both(a_)} BLEU at UNMT step {a_['step']:,} against "
+               f"{both(p_)} without it ({mean(a_) - mean(p_):+.2f} mean){accuracy}.")
   aligned = by_label.get("mlm_tlm_init")
   if old and aligned and last_common(old, aligned):
     p_, a_ = last_common(old, aligned)
@@ -540,7 +552,7 @@ def section_multi30k_unmt(lines):
     return
   name = lambda d: d.get("label", d["init"])
   order = ["pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained_sinusoidal_ae2k",
-           "pretrained", "scratch"]
+           "f32_dis", "f32_base", "pretrained", "scratch"]
   runs.sort(key=lambda d: (order.index(name(d)) if name(d) in order else len(order), d["variant"], name(d)))
   lines += ["## Unsupervised en<->fr on the Multi30k disjoint halves: BLEU against steps (issue 14)", "",
             "English from training lines 0-14,499, French from lines 14,500-28,999 (no pair seen); MLM-only "
@@ -568,10 +580,13 @@ def section_multi30k_unmt(lines):
       lines += [f"Pretraining: MLM `{p.get('mlm_steps')}` on `{p.get('mono_lines') or 'all lines'}`, the checkpoint of step "
                 f"{p.get('checkpoint_step')} ({p.get('steps')} configured), model {p.get('model')}, lr {p.get('lr')}, "
                 f"batch {p.get('batch_size')}; held-out masked-token accuracy there: {acc or 'not recorded'}.", ""]
+    adversarial = any("dis_acc" in q for q in curve)
     rows = [[f"{q['step']:,}", f"{q['bleu_en-fr']:.2f}", f"{q['bleu_fr-en']:.2f}",
              f"{q.get('roundtrip_bleu', float('nan')):.2f}", f"{q.get('copy_bleu_en-fr', float('nan')):.1f}",
-             f"{q.get('copy_bleu_fr-en', float('nan')):.1f}", f"{q.get('seconds', float('nan')):.0f}"] for q in curve]
-    lines += table(["step", "en->fr", "fr->en", "round-trip", "copies en->fr", "copies fr->en", "s"], rows) + [""]
+             f"{q.get('copy_bleu_fr-en', float('nan')):.1f}", f"{q.get('seconds', float('nan')):.0f}"]
+            + ([f"{100 * q['dis_acc']:.1f}%" if "dis_acc" in q else "-"] if adversarial else []) for q in curve]
+    lines += table(["step", "en->fr", "fr->en", "round-trip", "copies en->fr", "copies fr->en", "s"]
+                   + (["discriminator accuracy"] if adversarial else []), rows) + [""]
     base = curve[0]
     summary = [f"Copy the source: {base.get('source_bleu_en-fr', float('nan')):.2f} en->fr, "
                f"{base.get('source_bleu_fr-en', float('nan')):.2f} fr->en."]
