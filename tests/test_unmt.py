@@ -92,14 +92,15 @@ def test_the_discriminator_trains_itself_on_the_states_and_the_encoder_against_i
   """`config.nmt.lambda_dis` (Lample et al. 2018's adversarial term): the `dis` objective's gradient reaches only
   the discriminator, the `adv` objective's only the encoder (never the decoder, never the discriminator), both over
   the real tokens of the denoising sources; a fresh discriminator is at chance. Off (the default '0'), the tree has
-  no discriminator."""
+  no discriminator. The weights are given as numbers here: `override` sets a number given for a string field as its
+  text (it raised TypeError before)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from xlm_jax import parallel
   from xlm_jax.train import nmt
   from xlm_jax.train.state import strip_boxes
-  c = tiny_config(**{**UNMT, "nmt.bt_steps": "", "nmt.lambda_dis": "0.5", "nmt.dis_hidden_dim": 16})
+  c = tiny_config(**{**UNMT, "nmt.bt_steps": "", "nmt.lambda_dis": 0.5, "nmt.dis_hidden_dim": 16})
   task, _ = nmt.build_task(c, str(tmp_path), parallel.make_mesh(c.mesh.to_dict()))
   params = strip_boxes(task.init_params(jax.random.key(0)))
   assert sorted(params) == ["decoder", "discriminator", "encoder"]
@@ -125,5 +126,5 @@ def test_the_discriminator_trains_itself_on_the_states_and_the_encoder_against_i
   task_off, _ = nmt.build_task(off, str(tmp_path / "off"), parallel.make_mesh(off.mesh.to_dict()))
   assert sorted(strip_boxes(task_off.init_params(jax.random.key(0)))) == ["decoder", "encoder"]
   with pytest.raises(Exception, match="ae_steps is empty"):
-    bad = tiny_config(**{**UNMT, "nmt.ae_steps": "", "nmt.lambda_dis": "1"})
+    bad = tiny_config(**{**UNMT, "nmt.ae_steps": "", "nmt.lambda_dis": 1})
     nmt.build_task(bad, str(tmp_path / "bad"), parallel.make_mesh(bad.mesh.to_dict()))

@@ -192,12 +192,16 @@ def parse_languages(text: str, field: str = "config.data.languages") -> list[str
 
 def override(config, values: dict) -> None:
   """Set dotted fields in place: override(c, {"train.steps": 10, "model.emb_dim": 64}). Unknown fields fail
-  (the config is locked), as they do on the command line."""
+  (the config is locked), as they do on the command line. A number given for a string field (a loss weight such
+  as `nmt.lambda_dis`, which may also be a schedule) is set as its text, as the command line would."""
   for key, value in values.items():
     node = config
     *path, last = key.split(".")
     for part in path:
       node = getattr(node, part)
+    if last in node and isinstance(node[last], str) and isinstance(value, (int, float)) \
+        and not isinstance(value, bool):
+      value = str(value)
     setattr(node, last, value)
 
 
