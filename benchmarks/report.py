@@ -494,7 +494,11 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
     out.append(f"- The adversarial discriminator of Lample et al. (2018), tested (`nmt.lambda_dis="
                f"{nmt['lambda_dis']}`, {nmt['dis_layers']} x {nmt['dis_hidden_dim']} LeakyReLU; the same "
                f"pretraining, both runs float32 on one machine): {both(a_)} BLEU at UNMT step {a_['step']:,} against "
-               f"{both(p_)} without it ({mean(a_) - mean(p_):+.2f} mean){accuracy}.")
+               f"{both(p_)} without it ({mean(a_) - mean(p_):+.2f} mean){accuracy}. Round-trip BLEU there: "
+               f"{a_['roundtrip_bleu']:.1f} against {p_['roundtrip_bleu']:.1f}"
+               + (": the adversary slows the growth of a code of the model's own but does not turn it into "
+                  "translation" if a_["roundtrip_bleu"] < p_["roundtrip_bleu"] and mean(a_) - mean(p_) < 1.0 else "")
+               + " (![discriminator A/B](img/multi30k_unmt_dis.png)).")
   aligned = by_label.get("mlm_tlm_init")
   if old and aligned and last_common(old, aligned):
     p_, a_ = last_common(old, aligned)
