@@ -197,6 +197,40 @@ def test_bfloat16_gradients_are_float32_and_close_to_float32_gradients(params):
   assert dots and not upcast, upcast[:2]  # plain autodiff would run the backward dots on float32 operands
 
 
+def test_attention_backward_runs_every_dot_on_bf16_operands_after_compilation():
+  """The key and value gradients contract the middle axis of both operands ('nqk,nqd->nkd'); XLA:CPU compiles such
+  a bf16 batched dot as a float32 one (operands upcast). `_grad_einsum` runs it on a materialised transpose
+  (`swap_minor_axes`) instead: same gradients, and no dot of the compiled backward takes float32 operands."""
+  import re
+  from xlm_jax.model import layers
+
+  x = jax.random.normal(jax.random.key(1), (1, 32, 32))
+  seg = jnp.ones((1, 32), jnp.int32)
+  mask = layers.attention_mask(seg, seg, False)
+  attention = layers.MultiHeadAttention(2, jnp.bfloat16, 0.0, dim=32)
+  p = attention.init({"params": jax.random.key(0)}, x, x, mask)
+  grad = lambda: jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.sin(attention.apply(p, x, x, mask))), (0, 1)))
+
+  def float32_dots(compiled_text: str) -> list[str]:
+    computations = re.split(r"\n(?=%\S+ \()", compiled_text)
+    return [c.split("\n", 1)[0] for c in computations if " dot(" in c and "f32[" in c.split("\n", 1)[0].split("->")[0]]
+
+  new = grad()
+  assert not float32_dots(new.lower(p, x).compile().as_text())
+  new_grads = new(p, x)
+  plain = layers._grad_einsum
+  try:
+    layers._grad_einsum = layers._einsum_f32  # the products as written: XLA upcasts them (the check can fail)
+    old = grad()
+    assert float32_dots(old.lower(p, x).compile().as_text())
+    for a, b in zip(jax.tree.leaves(new_grads), jax.tree.leaves(old(p, x))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+  finally:
+    layers._grad_einsum = plain
+  y = jnp.arange(2 * 3 * 5).reshape(2, 3, 5)
+  np.testing.assert_array_equal(np.asarray(layers.swap_minor_axes(y)), np.swapaxes(np.asarray(y), 1, 2))
+
+
 def test_dropout_keeps_one_minus_rate_scaled_and_is_a_function_of_the_key():
   from xlm_jax.model.layers import Dropout
   x = jnp.ones((4, 64, 255))  # an odd last axis: two draws per 32-bit word, one left over

@@ -72,13 +72,41 @@ def _low_precision_einsum_fwd(spec, dtype, a_dtype, b_dtype, a, b):
   return _einsum_f32(spec, a, b), (a, b)  # residuals kept in the compute dtype: half the memory of float32
 
 
+def swap_minor_axes(x: jnp.ndarray) -> jnp.ndarray:
+  """x [N, A, B] -> [N, B, A], materialised: written as a gather with constant indices, which XLA turns into a
+  copy only after it has chosen how to run the dot that reads it.
+
+  The trap it avoids: a plain `jnp.swapaxes` (or a transpose behind any elementwise op) is folded into the
+  consumer's dimension numbers, and XLA:CPU (jax 0.10) cannot run a bf16 batched dot whose left operand contracts
+  its middle axis ('nqk,nqd->nkd'): it upcasts both operands to float32 and runs the dot outside its fast library,
+  about 2x slower than the same product on a materialised transpose (the attention's key and value gradients).
+  """
+  n, a, b = x.shape
+  index = (jnp.arange(b, dtype=jnp.int32)[:, None] + b * jnp.arange(a, dtype=jnp.int32)[None, :]).reshape(-1)
+  return x.reshape(n, a * b)[:, index].reshape(n, b, a)
+
+
+def _grad_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+  """`_einsum_f32(spec, a, b)` for the backward products. A batched product whose operands both contract their
+  middle axis ('nXY,nXZ->nYZ' or '->nZY') runs as the canonical 'nYX,nXZ->nYZ' on `swap_minor_axes` of the operand
+  that gives the output's rows."""
+  inputs, out = spec.split("->")
+  a_spec, b_spec = inputs.split(",")
+  if (len(a_spec) == len(b_spec) == len(out) == 3 and a_spec[0] == b_spec[0] == out[0] and a_spec[1] == b_spec[1]
+      and sorted(out[1:]) == sorted(a_spec[2] + b_spec[2])):
+    if out[1] == b_spec[2]:  # the operand that gives the output's rows goes first
+      a_spec, b_spec, a, b = b_spec, a_spec, b, a
+    return _einsum_f32(f"{a_spec[0]}{a_spec[2]}{a_spec[1]},{b_spec}->{out}", swap_minor_axes(a), b)
+  return _einsum_f32(spec, a, b)
+
+
 def _low_precision_einsum_bwd(spec, dtype, a_dtype, b_dtype, residuals, g):
   a, b = residuals
   inputs, out = spec.split("->")
   a_spec, b_spec = inputs.split(",")
   g = g.astype(dtype)  # the cast plain autodiff lacks: with a float32 g, XLA:CPU upcasts both dots to float32
-  return (_einsum_f32(f"{out},{b_spec}->{a_spec}", g, b).astype(a_dtype),
-          _einsum_f32(f"{a_spec},{out}->{b_spec}", a, g).astype(b_dtype))
+  return (_grad_einsum(f"{out},{b_spec}->{a_spec}", g, b).astype(a_dtype),
+          _grad_einsum(f"{a_spec},{out}->{b_spec}", a, g).astype(b_dtype))
 
 
 _low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
