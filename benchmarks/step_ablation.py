@@ -1,0 +1,103 @@
+"""Our issue-13 train step with and without one of its speed devices, alternating in one process (an A/B).
+
+  python benchmarks/step_ablation.py --size b --ablate swap_minor_axes --out benchmarks/results/ablation_b_swap_minor_axes.json
+
+Each ablation puts back the plain code a device replaced, only while its step is traced and compiled:
+- `swap_minor_axes`: the backward batched products that contract the middle axis of both operands (the
+  attention's key and value gradients) as written, which XLA:CPU upcasts to float32 (`layers._grad_einsum`).
+- `column_sum`: the vocabulary bias gradient as the plain `jnp.sum` over the prediction rows (`add_bias`).
+Both steps are `train_step.py`'s (same sizes, batches, dropout, Adam, compute dtype `--dtype`), compiled ahead of
+the timing; then `--warmup` untimed and `--reps` timed rounds, each round one step of each (order alternating
+A B, B A). The JSON gives the medians, min/max and `speedup` = ablated median / with-device median.
+
+The trap: the two steps share the process and the machine; a step-time ratio within one run is what this
+measures, and a run-to-run spread of a few percent is normal on a shared VM (run under `flock -x /tmp/xlm_cpu.lock`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+
+import bench_common
+import train_step as ts
+from xlm_jax.model import init_params
+from xlm_jax.model import layers
+from xlm_jax.model import transformer
+
+
+@contextlib.contextmanager
+def _replaced(module, name: str, value):
+  old = getattr(module, name)
+  setattr(module, name, value)
+  try:
+    yield
+  finally:
+    setattr(module, name, old)
+
+
+ABLATIONS = {
+    "swap_minor_axes": lambda: _replaced(layers, "_grad_einsum", layers._einsum_f32),
+    "column_sum": lambda: _replaced(transformer, "add_bias", lambda y, bias: y + bias),
+}
+
+
+def compiled_runner(size: str, dtype: str, params, batch, ablation: str | None) -> ts.Ours:
+  """train_step.py's runner for `size`/`dtype`, its step traced and compiled now (under `ablation` if given)."""
+  cfg = ts.model_config(size, "float32").replace(dtype=dtype)
+  with ABLATIONS[ablation]() if ablation else contextlib.nullcontext():
+    runner = ts.Ours(cfg, params)
+    runner.step = runner.step.lower(runner.state, batch).compile()
+  return runner
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--size", choices=sorted(ts.SIZES), required=True)
+  p.add_argument("--ablate", choices=sorted(ABLATIONS), required=True)
+  p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+  p.add_argument("--warmup", type=int, default=3)
+  p.add_argument("--reps", type=int, default=15)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None)
+  bench_common.add_host_malloc_flag(p)
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  malloc = bench_common.apply_host_malloc(args.host_malloc)  # before XLA starts its threads
+  record = dict(bench_common.provenance(), **malloc)
+  params = nn.unbox(init_params(ts.model_config(args.size, "float32"), jax.random.key(args.seed)))
+  feed = ts.ours_batches(ts.random_batches(args.warmup + args.reps, args.seed + 1))
+  runners = {"with": compiled_runner(args.size, args.dtype, params, feed[0], None),
+             "ablated": compiled_runner(args.size, args.dtype, params, feed[0], args.ablate)}
+  times = {name: [] for name in runners}
+  for r in range(args.warmup + args.reps):
+    order = list(runners) if r % 2 == 0 else list(reversed(runners))
+    for name in order:
+      t = time.perf_counter()
+      runners[name].run([feed[r]])
+      ms = 1000 * (time.perf_counter() - t)
+      if r >= args.warmup:
+        times[name].append(ms)
+      print(f"round {r}{' (warm-up)' if r < args.warmup else ''}: {name} {ms:.0f} ms", flush=True)
+  rows = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "samples_ms": v}
+          for name, v in times.items()}
+  speedup = rows["ablated"]["median_ms"] / rows["with"]["median_ms"]
+  result = dict(record, benchmark="step_ablation", size=args.size, dtype=args.dtype, ablation=args.ablate,
+                model=dict(ts.SIZES[args.size], vocab=ts.VOCAB), warmup=args.warmup, reps=args.reps, settings=rows,
+                speedup=speedup)
+  print(f"size {args.size} {args.dtype}: with {args.ablate} {rows['with']['median_ms']:.0f} ms, without "
+        f"{rows['ablated']['median_ms']:.0f} ms (medians of {args.reps}): speedup {speedup:.3f}x")
+  if args.out:
+    bench_common.write_json(args.out, result)
+  return result
+
+
+if __name__ == "__main__":
+  main()
