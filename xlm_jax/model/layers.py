@@ -128,38 +128,6 @@ def mixed_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray, dtype=jnp.float32) -
   return _low_precision_einsum(spec, jnp.dtype(dtype), jnp.dtype(a.dtype), jnp.dtype(b.dtype), a, b)
 
 
-def column_sum(x: jnp.ndarray) -> jnp.ndarray:
-  """The sum of `x` [..., N] over every axis but the last, as a tree of halving elementwise additions.
-
-  Same value as `jnp.sum(x, axis=tuple(range(x.ndim - 1)))` up to float32 summation order. The trap it avoids:
-  XLA:CPU (jax 0.10) runs a reduction over the leading axes of a wide array as one reduce at about a quarter of
-  the memory rate of an elementwise loop (the vocabulary bias gradient, [304, 32000]: ~21 ms alone, ~5 ms so).
-  """
-  x = x.reshape(-1, x.shape[-1])
-  while x.shape[0] > 1:
-    half = x.shape[0] // 2
-    head = x[:half] + x[half:2 * half]
-    x = jnp.concatenate([head[:1] + x[2 * half:], head[1:]], axis=0) if x.shape[0] % 2 else head
-  return x[0]
-
-
-@jax.custom_vjp
-def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-  """`y + bias` (bias [N] over y [..., N]) whose bias gradient is the `column_sum` of the cotangent."""
-  return y + bias
-
-
-def _add_bias_fwd(y, bias):
-  return y + bias, None
-
-
-def _add_bias_bwd(_, g):
-  return g, column_sum(g)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
 def _letters(n: int, start: int = 0) -> str:
   return "".join(chr(ord("a") + start + i) for i in range(n))
 
