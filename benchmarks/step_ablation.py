@@ -4,10 +4,7 @@
 
 Each ablation puts back the plain code a device replaced, only while its step is traced and compiled:
 - `swap_minor_axes`: the backward batched products that contract the middle axis of both operands (the
-  attention's key and value gradients) as written, which XLA:CPU upcasts to float32 in bf16 and runs outside its
-  fast library in float32 (`layers._grad_einsum`).
-- `tied_projection`: the output projection's bias added after the product, its gradient a separate sum over the
-  prediction rows (`layers.tied_projection`).
+  attention's key and value gradients) as written, which XLA:CPU upcasts to float32 (`layers._grad_einsum`).
 Both steps are `train_step.py`'s (same sizes, batches, dropout, Adam, compute dtype `--dtype`), compiled ahead of
 the timing; then `--warmup` untimed and `--reps` timed rounds, each round one step of each (order alternating
 A B, B A). The JSON gives the medians, min/max and `speedup` = ablated median / with-device median.
@@ -41,14 +38,8 @@ def _replaced(module, name: str, value):
     setattr(module, name, old)
 
 
-def _plain_projection(x, table, bias, dtype):
-  return layers.mixed_einsum(f"{layers._letters(x.ndim - 1)}y,zy->{layers._letters(x.ndim - 1)}z", x, table,
-                             dtype) + bias
-
-
 ABLATIONS = {
     "swap_minor_axes": lambda: _replaced(layers, "_grad_einsum", layers._einsum_f32),
-    "tied_projection": lambda: _replaced(layers, "tied_projection", _plain_projection),
 }
 
 

@@ -229,39 +229,6 @@ def test_attention_backward_runs_every_dot_on_bf16_operands_after_compilation():
     layers._grad_einsum = plain
   y = jnp.arange(2 * 3 * 5).reshape(2, 3, 5)
   np.testing.assert_array_equal(np.asarray(layers.swap_minor_axes(y)), np.swapaxes(np.asarray(y), 1, 2))
-  # float32 takes the same route (XLA:CPU runs the product as written outside its fast library), exactly
-  f32 = layers.MultiHeadAttention(2, jnp.float32, 0.0, dim=32)
-  f32_grad = jax.grad(lambda p, x: jnp.sum(jnp.sin(f32.apply(p, x, x, mask))), (0, 1))
-  with_swap = f32_grad(p, x)
-  try:
-    layers._grad_einsum = layers._einsum_f32
-    without = f32_grad(p, x)
-  finally:
-    layers._grad_einsum = plain
-  for a, b in zip(jax.tree.leaves(with_swap), jax.tree.leaves(without)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_tied_projection_takes_the_bias_gradient_from_the_table_gradient_product(dtype):
-  """Same logits as the product plus the bias; the same gradients as autodiff of that (float32: to rounding; bf16:
-  the bias gradient is summed from the bf16-cast cotangent, as the table gradient is); and no separate reduction
-  over the rows remains in the backward pass."""
-  from xlm_jax.model.layers import mixed_einsum, tied_projection
-  ks = jax.random.split(jax.random.key(0), 4)
-  x, table = jax.random.normal(ks[0], (3, 5, 16)), jax.random.normal(ks[1], (50, 16))
-  bias, g = jax.random.normal(ks[2], (50,)), jax.random.normal(ks[3], (3, 5, 50))
-  plain = lambda x, t, b: mixed_einsum("aby,zy->abz", x, t, dtype) + b
-  np.testing.assert_array_equal(np.asarray(tied_projection(x, table, bias, dtype)), np.asarray(plain(x, table, bias)))
-  loss = lambda f: lambda x, t, b: jnp.sum(g * jnp.sin(f(x, t, b)))
-  ours = jax.grad(loss(lambda x, t, b: tied_projection(x, t, b, dtype)), (0, 1, 2))(x, table, bias)
-  theirs = jax.grad(loss(plain), (0, 1, 2))(x, table, bias)
-  tolerance = {"float32": 1e-6, "bfloat16": 1e-2}[dtype]
-  for a, b in zip(ours, theirs):
-    assert a.dtype == jnp.float32
-    assert float(jnp.max(jnp.abs(a - b))) <= tolerance * float(jnp.max(jnp.abs(b)))
-  hlo = jax.jit(jax.grad(loss(lambda x, t, b: tied_projection(x, t, b, dtype)), 2)).lower(x, table, bias).as_text()
-  assert "reduce" not in hlo, [line for line in hlo.splitlines() if "reduce" in line][:3]
 
 
 def test_dropout_keeps_one_minus_rate_scaled_and_is_a_function_of_the_key():

@@ -86,28 +86,14 @@ def swap_minor_axes(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape(n, a * b)[:, index].reshape(n, b, a)
 
 
-def _contracts_both_middle_axes(spec: str) -> bool:
-  """Whether `spec` is a batched product whose operands both contract their middle axis ('nXY,nXZ->nYZ'/'->nZY')."""
-  inputs, out = spec.split("->")
-  a_spec, b_spec = inputs.split(",")
-  return (len(a_spec) == len(b_spec) == len(out) == 3 and a_spec[0] == b_spec[0] == out[0]
-          and a_spec[1] == b_spec[1] and sorted(out[1:]) == sorted(a_spec[2] + b_spec[2]))
-
-
-def _backward_specs(spec: str) -> tuple[str, str]:
-  """The einsum specs of the gradients of `spec`'s two operands (its output cotangent first, then the other one)."""
-  inputs, out = spec.split("->")
-  a_spec, b_spec = inputs.split(",")
-  return f"{out},{b_spec}->{a_spec}", f"{a_spec},{out}->{b_spec}"
-
-
 def _grad_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   """`_einsum_f32(spec, a, b)` for the backward products. A batched product whose operands both contract their
   middle axis ('nXY,nXZ->nYZ' or '->nZY') runs as the canonical 'nYX,nXZ->nYZ' on `swap_minor_axes` of the operand
   that gives the output's rows."""
   inputs, out = spec.split("->")
   a_spec, b_spec = inputs.split(",")
-  if _contracts_both_middle_axes(spec):
+  if (len(a_spec) == len(b_spec) == len(out) == 3 and a_spec[0] == b_spec[0] == out[0] and a_spec[1] == b_spec[1]
+      and sorted(out[1:]) == sorted(a_spec[2] + b_spec[2])):
     if out[1] == b_spec[2]:  # the operand that gives the output's rows goes first
       a_spec, b_spec, a, b = b_spec, a_spec, b, a
     return _einsum_f32(f"{a_spec[0]}{a_spec[2]}{a_spec[1]},{b_spec}->{out}", swap_minor_axes(a), b)
@@ -116,9 +102,11 @@ def _grad_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 def _low_precision_einsum_bwd(spec, dtype, a_dtype, b_dtype, residuals, g):
   a, b = residuals
-  grad_a, grad_b = _backward_specs(spec)
+  inputs, out = spec.split("->")
+  a_spec, b_spec = inputs.split(",")
   g = g.astype(dtype)  # the cast plain autodiff lacks: with a float32 g, XLA:CPU upcasts both dots to float32
-  return _grad_einsum(grad_a, g, b).astype(a_dtype), _grad_einsum(grad_b, a, g).astype(b_dtype)
+  return (_grad_einsum(f"{out},{b_spec}->{a_spec}", g, b).astype(a_dtype),
+          _grad_einsum(f"{a_spec},{out}->{b_spec}", a, g).astype(b_dtype))
 
 
 _low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bwd)
@@ -127,57 +115,17 @@ _low_precision_einsum.defvjp(_low_precision_einsum_fwd, _low_precision_einsum_bw
 def mixed_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
   """`einsum(spec, a, b)` on inputs cast to `dtype`, accumulated and returned in float32, forward and backward.
 
-  float32 is plain autodiff, except for batched products with a backward product that `_grad_einsum` rewrites (the
-  attention's). A lower `dtype` (bfloat16) has a custom VJP that casts the incoming cotangent to `dtype` too, so
-  the input-gradient and weight-gradient dots are bf16 x bf16 -> f32 as well; gradients come back in float32 (the
-  dtype of `a` and `b`), accumulated in float32, never rounded to bfloat16.
+  float32 is plain autodiff. A lower `dtype` (bfloat16) has a custom VJP that casts the incoming cotangent to
+  `dtype` too, so the input-gradient and weight-gradient dots are bf16 x bf16 -> f32 as well; gradients come
+  back in float32 (the dtype of `a` and `b`), accumulated in float32, never rounded to bfloat16.
   Contract: `spec` is explicit ('ab,bc->ac'), two operands, and every index appears in exactly two of the three
   terms (a plain contraction or batch index), which is what makes the two backward products einsums of the
   same form. The trap it avoids: weight gradients contract over the token axes; XLA:CPU runs those at the
   float32 rate unless both operands are bfloat16.
   """
-  if jnp.dtype(dtype) == jnp.float32 and not any(map(_contracts_both_middle_axes, _backward_specs(spec))):
+  if jnp.dtype(dtype) == jnp.float32:
     return _einsum_f32(spec, a, b)
   return _low_precision_einsum(spec, jnp.dtype(dtype), jnp.dtype(a.dtype), jnp.dtype(b.dtype), a, b)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _tied_projection(dtype, x_dtype, x: jnp.ndarray, table: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-  batch = _letters(x.ndim - 1)
-  return _einsum_f32(f"{batch}y,zy->{batch}z", x.astype(dtype), table.astype(dtype)) + bias
-
-
-def _tied_projection_fwd(dtype, x_dtype, x, table, bias):
-  x, table = x.astype(dtype), table.astype(dtype)
-  batch = _letters(x.ndim - 1)
-  return _einsum_f32(f"{batch}y,zy->{batch}z", x, table) + bias, (x, table)
-
-
-def _tied_projection_bwd(dtype, x_dtype, residuals, g):
-  x, table = residuals
-  batch = _letters(x.ndim - 1)
-  g = g.astype(dtype)
-  grad_x = _einsum_f32(f"{batch}z,zy->{batch}y", g, table).astype(x_dtype)
-  x_and_one = jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), dtype)], axis=-1)
-  grad_table_and_bias = _einsum_f32(f"{batch}z,{batch}y->zy", g, x_and_one)   # [V, D + 1]
-  return grad_x, grad_table_and_bias[:, :-1], grad_table_and_bias[:, -1]
-
-
-_tied_projection.defvjp(_tied_projection_fwd, _tied_projection_bwd)
-
-
-def tied_projection(x: jnp.ndarray, table: jnp.ndarray, bias: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-  """Logits `x . table^T + bias` [..., V] in float32 for x [..., D], table [V, D], bias [V]; the product on inputs
-  cast to `dtype` (as `mixed_einsum`), the bias added in float32.
-
-  The backward pass gets the bias gradient from the table-gradient product itself: that product contracts the
-  cotangent with `[x, 1]` (one more column), whose last column of the result is the cotangent summed over the
-  rows. The trap it avoids: as a separate reduction over the rows of the [rows, V] cotangent, XLA:CPU (jax 0.10)
-  ran it as one slow unfused reduce, and with the bias add it cost ~30 ms of a ~320 ms d=256 step. With a
-  bfloat16 `dtype` the bias gradient is summed from the bf16-cast cotangent (as the table gradient is, and as
-  torch's autocast does), accumulated in float32.
-  """
-  return _tied_projection(jnp.dtype(dtype), jnp.dtype(x.dtype), x, table, bias)
 
 
 def _letters(n: int, start: int = 0) -> str:
@@ -297,7 +245,7 @@ class LayerNorm(nn.Module):
 
 
 class Embedding(nn.Module):
-  """A lookup table [num, dim]; `attend` gives x . table^T (+ bias: the tied output projection)."""
+  """A lookup table [num, dim]; `attend` gives x . table^T (the tied output projection)."""
 
   num: int
   dim: int
@@ -313,10 +261,7 @@ class Embedding(nn.Module):
   def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
     return jnp.take(self.embedding, ids, axis=0)
 
-  def attend(self, x: jnp.ndarray, bias: jnp.ndarray | None = None) -> jnp.ndarray:
-    """x . table^T [..., num] in float32, plus `bias` [num] when given (`tied_projection`)."""
-    if bias is not None:
-      return tied_projection(x, self.embedding, bias, self.dtype)
+  def attend(self, x: jnp.ndarray) -> jnp.ndarray:
     batch = _letters(x.ndim - 1)
     return mixed_einsum(f"{batch}y,zy->{batch}z", x, self.embedding, self.dtype)
 

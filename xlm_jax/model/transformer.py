@@ -235,7 +235,7 @@ class Transformer(nn.Module):
 
   def predict(self, hidden):
     """Logits [..., V] in float32 for hidden states [..., D] (tied input embedding plus its own bias)."""
-    return self.embeddings.attend(hidden, self.pred_bias)
+    return self.embeddings.attend(hidden) + self.pred_bias
 
   def predict_at(self, hidden, index):
     """Logits [B, P, V] at positions `index` [B, P] of `hidden` [B, L, D]: the projection runs only there."""
