@@ -5,8 +5,6 @@
 Each ablation puts back the plain code a device replaced, only while its step is traced and compiled:
 - `swap_minor_axes`: the backward batched products that contract the middle axis of both operands (the
   attention's key and value gradients) as written, which XLA:CPU upcasts to float32 (`layers._grad_einsum`).
-- `bias_matvec`: the output projection's bias gradient as XLA's own sum over the prediction rows
-  (`layers.add_bias`).
 Both steps are `train_step.py`'s (same sizes, batches, dropout, Adam, compute dtype `--dtype`), compiled ahead of
 the timing; then `--warmup` untimed and `--reps` timed rounds, each round one step of each (order alternating
 A B, B A). The JSON gives the medians, min/max and `speedup` = ablated median / with-device median.
@@ -28,7 +26,6 @@ import bench_common
 import train_step as ts
 from xlm_jax.model import init_params
 from xlm_jax.model import layers
-from xlm_jax.model import transformer
 
 
 @contextlib.contextmanager
@@ -43,7 +40,6 @@ def _replaced(module, name: str, value):
 
 ABLATIONS = {
     "swap_minor_axes": lambda: _replaced(layers, "_grad_einsum", layers._einsum_f32),
-    "bias_matvec": lambda: _replaced(transformer, "add_bias", lambda y, bias: y + bias),
 }
 
 

@@ -128,30 +128,6 @@ def mixed_einsum(spec: str, a: jnp.ndarray, b: jnp.ndarray, dtype=jnp.float32) -
   return _low_precision_einsum(spec, jnp.dtype(dtype), jnp.dtype(a.dtype), jnp.dtype(b.dtype), a, b)
 
 
-@jax.custom_vjp
-def add_bias(y: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-  """`y + bias` (bias [N] over y [..., N]) whose bias gradient is the cotangent summed over its rows as a
-  matrix-vector product (ones [rows] . g [rows, N], float32 throughout: the same sum, no rounding).
-
-  The trap it avoids: XLA:CPU (jax 0.10) runs `jnp.sum` over the leading axes of the [predictions, V] cotangent
-  of the output projection as one slow reduce (~23 ms of a ~320 ms d=256 step in a profile); as a product it
-  runs in XLA's matmul library (`benchmarks/step_ablation.py --ablate bias_matvec`).
-  """
-  return y + bias
-
-
-def _add_bias_fwd(y, bias):
-  return y + bias, None
-
-
-def _add_bias_bwd(_, g):
-  rows = g.reshape(-1, g.shape[-1])
-  return g, jnp.einsum("r,rn->n", jnp.ones(rows.shape[:1], rows.dtype), rows, preferred_element_type=jnp.float32)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
 def _letters(n: int, start: int = 0) -> str:
   return "".join(chr(ord("a") + start + i) for i in range(n))
 

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from xlm_jax.model.config import TransformerConfig
-from xlm_jax.model.layers import (Dropout, Embedding, FeedForward, LayerNorm, MultiHeadAttention, add_bias,
-                                  attention_mask, sinusoidal_table, torch_linear_init)
+from xlm_jax.model.layers import (Dropout, Embedding, FeedForward, LayerNorm, MultiHeadAttention, attention_mask,
+                                  sinusoidal_table, torch_linear_init)
 
 ACTIVATION_AXES = ("batch", "length", "embed")
 KEYS_AXES = ("batch", "heads", "kv", "length")      # decode cache: keys stored transposed
@@ -235,7 +235,7 @@ class Transformer(nn.Module):
 
   def predict(self, hidden):
     """Logits [..., V] in float32 for hidden states [..., D] (tied input embedding plus its own bias)."""
-    return add_bias(self.embeddings.attend(hidden), self.pred_bias)
+    return self.embeddings.attend(hidden) + self.pred_bias
 
   def predict_at(self, hidden, index):
     """Logits [B, P, V] at positions `index` [B, P] of `hidden` [B, L, D]: the projection runs only there."""
