@@ -192,16 +192,27 @@ def test_frequency_smoothed_masking_scores_come_from_the_training_data(setup):
 
 
 def test_preparation_in_parallel_processes_writes_the_same_stores(setup, tmp_path):
+  """Two spawned workers (not forked: no warning that fork after JAX's threads may deadlock) write the stores one
+  process writes; the encoders reach them pickled as the tokenizer's state."""
+  import pickle
+  import warnings
   from xlm_jax.data import prepare as prepare_lib
+  from xlm_jax.tokenizer import LanguageEncoder
   source, tok, _, prepared = setup
   one = prepared["xb"].manifest["stores"]
   chunk = prepare_lib.CHUNK_LINES
   prepare_lib.CHUNK_LINES = 300  # several chunks per worker on the small corpus
   try:
-    two = prepare_mono(source, "xb", tok, str(tmp_path), workers=2).manifest["stores"]
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", RuntimeWarning)
+      two = prepare_mono(source, "xb", tok, str(tmp_path), workers=2).manifest["stores"]
   finally:
     prepare_lib.CHUNK_LINES = chunk
   assert two == one
+  copy = pickle.loads(pickle.dumps(LanguageEncoder(tok, "xb")))
+  assert copy.tokenizer is not tok and copy("Bogu rin delans wogi.") == tok.encode("Bogu rin delans wogi.", "xb")
+  with pytest.raises(UserError, match=r"workers=2 .*cannot be pickled.*LanguageEncoder.*prepare_workers=1"):
+    list(prepare_lib._encoded(["a line"], [lambda t: tok.encode(t, "xb")], 2))
 
 
 def test_a_damaged_store_whose_inputs_are_gone_is_refused_naming_the_file(setup, corpus_dir, tmp_path):

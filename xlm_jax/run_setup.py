@@ -28,7 +28,7 @@ from xlm_jax.data import sources as sources_lib
 from xlm_jax.data.prepare import prepare
 from xlm_jax.errors import UserError
 from xlm_jax.model import TransformerConfig
-from xlm_jax.tokenizer import Tokenizer, tokenizer_from_state, train_sentencepiece
+from xlm_jax.tokenizer import LanguageEncoder, Tokenizer, tokenizer_from_state, train_sentencepiece
 
 
 def model_config(config, vocab_size: int, n_langs: int, pad_id: int) -> TransformerConfig:
@@ -158,7 +158,7 @@ def prepare_mono(corpus, lang: str, tokenizer: Tokenizer, cache_dir: str, splits
                  "lang": lang, "lines": list(lines) if lines else None}
   files = [f for s in splits for f in corpus.mono_files(s, lang)]
   return parallel.process_zero_first(
-      lambda: prepare(f"mono.{lang}", cache_dir, texts, n_fields=1, encode=lambda t: tokenizer.encode(t, lang),
+      lambda: prepare(f"mono.{lang}", cache_dir, texts, n_fields=1, encode=LanguageEncoder(tokenizer, lang),
                       unk_id=tokenizer.unk_id, eos_id=tokenizer.eos_id, fingerprint=fingerprint,
                       describe=f"language {lang!r}", input_files=files, workers=workers),
       f"prepare-mono-{lang}")
@@ -179,7 +179,7 @@ def prepare_para(corpus, l1: str, l2: str, tokenizer: Tokenizer, cache_dir: str,
   files = [f for s in splits for f in corpus.para_files(s, a, b)]
   return parallel.process_zero_first(
       lambda: prepare(f"para.{a}-{b}", cache_dir, texts, n_fields=2, max_len=max_len,
-                      encode=[lambda t: tokenizer.encode(t, a), lambda t: tokenizer.encode(t, b)],
+                      encode=[LanguageEncoder(tokenizer, a), LanguageEncoder(tokenizer, b)],
                       unk_id=tokenizer.unk_id, eos_id=tokenizer.eos_id, fingerprint=fingerprint,
                       describe=f"pairs {a}-{b}", validate=validate, input_files=files, workers=workers),
       f"prepare-para-{a}-{b}")

@@ -122,6 +122,28 @@ class SentencePieceTokenizer:
       f.write(self._proto)
 
 
+class LanguageEncoder:
+  """`tokenizer.encode(text, lang)` as a callable that pickles: pickled, it carries `tokenizer.state()` and the
+  receiving process rebuilds the tokenizer once (`tokenizer_from_state`).
+
+  This is what lets data preparation encode in spawned worker processes. The trap it avoids: forking a process
+  that already runs JAX's threads can deadlock the child, and a lambda around a tokenizer cannot be sent to a
+  spawned one. A tokenizer kind registered at run time must be registered in the workers too (at import)."""
+
+  def __init__(self, tokenizer: Tokenizer, lang: str | None):
+    self.tokenizer, self.lang = tokenizer, lang
+
+  def __call__(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, self.lang)
+
+  def __reduce__(self):
+    return _language_encoder_from_state, (self.tokenizer.state(), self.lang)
+
+
+def _language_encoder_from_state(state: Mapping, lang: str | None) -> LanguageEncoder:
+  return LanguageEncoder(tokenizer_from_state(state), lang)
+
+
 def tokenizer_from_state(state: Mapping) -> Tokenizer:
   """Rebuild a tokenizer saved with `Tokenizer.state()`."""
   kind = state.get("kind")

@@ -6,7 +6,7 @@ A dataset lives in `cache_dir/<name>-<key>/`, where the key hashes the input fin
 mtime; TFDS: name, version), the tokenizer fingerprint and the preparation settings: it is rebuilt exactly when
 one of them changes.
 
-Preparation streams in bounded memory: lines are encoded in chunks (`CHUNK_LINES`; in `workers` forked processes
+Preparation streams in bounded memory: lines are encoded in chunks (`CHUNK_LINES`; in `workers` spawned processes
 when > 1) and appended to the stores, which flush every ~1M tokens; nothing holds a split or a per-sentence list.
 The input files are re-checked (size, mtime) after reading: a file that changed meanwhile is an error naming it.
 
@@ -26,6 +26,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import pickle
 import shutil
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -100,7 +101,12 @@ def _stat(path: str) -> tuple[int, int]:
   return st.st_size, st.st_mtime_ns
 
 
-_ENCODERS: list = []  # set before forking the encoding pool: lambdas reach the workers by fork, not by pickling
+_ENCODERS: list = []  # this process's encoders: set directly, or by `_set_encoders` in a pool worker
+
+
+def _set_encoders(encoders: list) -> None:
+  global _ENCODERS
+  _ENCODERS = encoders
 
 
 def _encode_chunk(chunk: list) -> list:
@@ -116,18 +122,24 @@ def _encode_chunk(chunk: list) -> list:
 
 
 def _encoded(items: Iterable, encoders: list, workers: int) -> Iterator:
-  """Encoded items in input order, `CHUNK_LINES` at a time; with workers > 1, `workers` chunks at once in forked
-  processes (bounded: never more than 2 * workers chunks in flight). Trap: forked, because the encoders are
-  closures that cannot be pickled; JAX warns that fork and its threads may deadlock, which the workers avoid by
-  running sentencepiece only (no JAX call)."""
-  global _ENCODERS
-  _ENCODERS = encoders
+  """Encoded items in input order, `CHUNK_LINES` at a time; with workers > 1, `workers` chunks at once in spawned
+  processes (bounded: never more than 2 * workers chunks in flight). The encoders reach the workers pickled, once
+  per worker (`tokenizer.LanguageEncoder` pickles as its tokenizer's state). Trap: spawned, not forked: a forked
+  child of a process that runs JAX's threads can deadlock (JAX warns so), and the chunks are encoded with no JAX
+  in the workers at all."""
   chunks = iter(lambda it=iter(items): list(itertools.islice(it, CHUNK_LINES)), [])
   if workers <= 1:
+    _set_encoders(encoders)
     for chunk in chunks:
       yield from _encode_chunk(chunk)
     return
-  with multiprocessing.get_context("fork").Pool(workers) as pool:
+  try:
+    pickle.dumps(encoders)
+  except Exception as e:  # lambdas, local functions, open handles: all fail differently
+    raise UserError(f"data preparation with workers={workers} sends its encode functions to other processes, and "
+                    f"they cannot be pickled ({type(e).__name__}: {e}); pass tokenizer.LanguageEncoder(tokenizer, "
+                    "lang) (or any picklable callable), or set config.data.prepare_workers=1.") from None
+  with multiprocessing.get_context("spawn").Pool(workers, initializer=_set_encoders, initargs=(encoders,)) as pool:
     while True:
       batch = list(itertools.islice(chunks, 2 * workers))
       if not batch:
