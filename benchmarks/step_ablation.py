@@ -5,6 +5,9 @@
 Each ablation puts back the plain code a device replaced, only while its step is traced and compiled:
 - `swap_minor_axes`: the backward batched products that contract the middle axis of both operands (the
   attention's key and value gradients) as written, which XLA:CPU upcasts to float32 (`layers._grad_einsum`).
+`--xla-options '{"xla_cpu_prefer_vector_width": 512}'` instead tests XLA compiler options as the device: the step
+compiled with them ("with") against the default compilation ("ablated"), in the same process (the options go to
+`compile(compiler_options=...)`, so no second process and no XLA_FLAGS are needed).
 Both steps are `train_step.py`'s (same sizes, batches, dropout, Adam, compute dtype `--dtype`), compiled ahead of
 the timing; then `--warmup` untimed and `--reps` timed rounds, each round one step of each (order alternating
 A B, B A). The JSON gives the medians, min/max and `speedup` = ablated median / with-device median.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 
@@ -43,19 +47,35 @@ ABLATIONS = {
 }
 
 
-def compiled_runner(size: str, dtype: str, params, batch, ablation: str | None) -> ts.Ours:
-  """train_step.py's runner for `size`/`dtype`, its step traced and compiled now (under `ablation` if given)."""
+def compiled_runner(size: str, dtype: str, params, batch, ablation: str | None,
+                    compiler_options: dict | None = None) -> ts.Ours:
+  """train_step.py's runner for `size`/`dtype`, its step traced and compiled now (under `ablation` if given, with
+  XLA `compiler_options` if given)."""
   cfg = ts.model_config(size, "float32").replace(dtype=dtype)
   with ABLATIONS[ablation]() if ablation else contextlib.nullcontext():
     runner = ts.Ours(cfg, params)
-    runner.step = runner.step.lower(runner.state, batch).compile()
+    runner.step = runner.step.lower(runner.state, batch).compile(compiler_options=compiler_options or None)
   return runner
+
+
+def xla_options(text: str) -> dict:
+  """`--xla-options`: a JSON object of XLA debug options, e.g. '{"xla_cpu_prefer_vector_width": 512}'."""
+  try:
+    options = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise argparse.ArgumentTypeError(f"--xla-options must be a JSON object ({e}): {text!r}") from None
+  if not isinstance(options, dict) or not options:
+    raise argparse.ArgumentTypeError(f"--xla-options must be a non-empty JSON object, got {text!r}")
+  return options
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--size", choices=sorted(ts.SIZES), required=True)
-  p.add_argument("--ablate", choices=sorted(ABLATIONS), required=True)
+  device = p.add_mutually_exclusive_group(required=True)
+  device.add_argument("--ablate", choices=sorted(ABLATIONS))
+  device.add_argument("--xla-options", type=xla_options, default=None,
+                      help="JSON object of XLA compiler options: the step compiled with them against the default")
   p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--reps", type=int, default=15)
@@ -71,8 +91,9 @@ def main(argv=None):
   record = dict(bench_common.provenance(), **malloc)
   params = nn.unbox(init_params(ts.model_config(args.size, "float32"), jax.random.key(args.seed)))
   feed = ts.ours_batches(ts.random_batches(args.warmup + args.reps, args.seed + 1))
-  runners = {"with": compiled_runner(args.size, args.dtype, params, feed[0], None),
+  runners = {"with": compiled_runner(args.size, args.dtype, params, feed[0], None, args.xla_options),
              "ablated": compiled_runner(args.size, args.dtype, params, feed[0], args.ablate)}
+  device = args.ablate or "xla:" + ",".join(f"{k}={v}" for k, v in sorted(args.xla_options.items()))
   times = {name: [] for name in runners}
   for r in range(args.warmup + args.reps):
     order = list(runners) if r % 2 == 0 else list(reversed(runners))
@@ -86,10 +107,11 @@ def main(argv=None):
   rows = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "samples_ms": v}
           for name, v in times.items()}
   speedup = rows["ablated"]["median_ms"] / rows["with"]["median_ms"]
-  result = dict(record, benchmark="step_ablation", size=args.size, dtype=args.dtype, ablation=args.ablate,
+  result = dict(record, benchmark="step_ablation", size=args.size, dtype=args.dtype, ablation=device,
+                xla_options=args.xla_options,
                 model=dict(ts.SIZES[args.size], vocab=ts.VOCAB), warmup=args.warmup, reps=args.reps, settings=rows,
                 speedup=speedup)
-  print(f"size {args.size} {args.dtype}: with {args.ablate} {rows['with']['median_ms']:.0f} ms, without "
+  print(f"size {args.size} {args.dtype}: with {device} {rows['with']['median_ms']:.0f} ms, without "
         f"{rows['ablated']['median_ms']:.0f} ms (medians of {args.reps}): speedup {speedup:.3f}x")
   if args.out:
     bench_common.write_json(args.out, result)
