@@ -6,8 +6,9 @@ import os
 import pytest
 
 from xlm_jax.errors import UserError
-from xlm_jax.tokenizer import (EOS_ID, MASK_ID, PAD_ID, UNK_ID, balanced_sample, frame, language_sampling_probs,
-                               tokenizer_from_state, train_sentencepiece)
+from xlm_jax.tokenizer import (EOS_ID, MASK_ID, PAD_ID, UNK_ID, LanguageEncoder, balanced_sample, frame,
+                               language_sampling_probs, register_tokenizer_kind, tokenizer_from_state,
+                               train_sentencepiece)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,42 @@ def test_state_round_trip_is_identical(tok):
   again = tokenizer_from_state(tok.state())
   assert again.fingerprint() == tok.fingerprint()
   assert again.encode("Bogu rin delans wogi.") == tok.encode("Bogu rin delans wogi.")
+
+
+class _LowercasingTokenizer:
+  """A tokenizer kind of a user's own: lowercases, then encodes with a sentencepiece tokenizer it wraps."""
+
+  def __init__(self, inner):
+    self.inner = inner
+
+  def encode(self, text, lang=None):
+    return self.inner.encode(text.lower(), lang)
+
+  def state(self):
+    return {"kind": "test_lowercasing", "inner": self.inner.state()}
+
+
+def _lowercasing_from_state(state):
+  return _LowercasingTokenizer(tokenizer_from_state(state["inner"]))
+
+
+def test_a_kind_registered_at_run_time_reaches_a_fresh_worker_with_the_encoder(tok):
+  """A spawned preparation worker knows only the built-in kinds: the pickled LanguageEncoder carries the factory of a
+  kind registered at run time and registers it there (here: after dropping it from this process's registry, as
+  a fresh interpreter would not have it)."""
+  import pickle
+  from xlm_jax import tokenizer as tokenizer_lib
+  register_tokenizer_kind("test_lowercasing", _lowercasing_from_state)
+  try:
+    blob = pickle.dumps(LanguageEncoder(_LowercasingTokenizer(tok), "xb"))
+    del tokenizer_lib._EXTRA_KINDS["test_lowercasing"]
+    with pytest.raises(UserError, match="unknown tokenizer kind 'test_lowercasing'"):
+      tokenizer_from_state(_LowercasingTokenizer(tok).state())
+    copy = pickle.loads(blob)
+    assert copy("Bogu RIN delans.") == tok.encode("bogu rin delans.", "xb")
+    assert isinstance(tokenizer_from_state(_LowercasingTokenizer(tok).state()), _LowercasingTokenizer)
+  finally:
+    tokenizer_lib._EXTRA_KINDS.pop("test_lowercasing", None)
 
 
 def test_sampling_probabilities():

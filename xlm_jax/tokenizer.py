@@ -128,7 +128,8 @@ class LanguageEncoder:
 
   This is what lets data preparation encode in spawned worker processes. The trap it avoids: forking a process
   that already runs JAX's threads can deadlock the child, and a lambda around a tokenizer cannot be sent to a
-  spawned one. A tokenizer kind registered at run time must be registered in the workers too (at import)."""
+  spawned one. A kind added with `register_tokenizer_kind` travels with it: its factory is pickled by reference
+  (so it must be a module-level function) and registered in the receiving process."""
 
   def __init__(self, tokenizer: Tokenizer, lang: str | None):
     self.tokenizer, self.lang = tokenizer, lang
@@ -137,10 +138,13 @@ class LanguageEncoder:
     return self.tokenizer.encode(text, self.lang)
 
   def __reduce__(self):
-    return _language_encoder_from_state, (self.tokenizer.state(), self.lang)
+    state = self.tokenizer.state()
+    return _language_encoder_from_state, (state, self.lang, _EXTRA_KINDS.get(state.get("kind")))
 
 
-def _language_encoder_from_state(state: Mapping, lang: str | None) -> LanguageEncoder:
+def _language_encoder_from_state(state: Mapping, lang: str | None, factory=None) -> LanguageEncoder:
+  if factory is not None:  # a kind registered at run time in the sending process (a spawned worker lacks it)
+    _EXTRA_KINDS.setdefault(state.get("kind"), factory)
   return LanguageEncoder(tokenizer_from_state(state), lang)
 
 
