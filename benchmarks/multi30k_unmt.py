@@ -219,6 +219,16 @@ def log_fit(curve: list[dict], key: str) -> tuple[float, float] | None:
   return float(a), float(b)
 
 
+UNMT_TARGET = 20.0  # issue 14: en->fr BLEU of the MLM-initialised model (Lample et al. 2018: 32.8 on this split)
+
+
+def supervised(run: dict) -> bool:
+  """A run trained on parallel pairs (`--override nmt.mt_steps=en-fr,fr-en nmt.ae_steps= nmt.bt_steps=`): a
+  diagnostic of what the model and budget reach at all, drawn and reported apart from the unsupervised runs."""
+  nmt = run.get("config", {}).get("unmt", {}).get("nmt", {})
+  return bool(nmt.get("mt_steps")) and not nmt.get("bt_steps")
+
+
 def render(paths: list[str], png: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -230,6 +240,11 @@ def render(paths: list[str], png: str) -> None:
   for n, d in enumerate(runs):  # one colour per run in every panel
     color, label = colors[n % len(colors)], d.get("label", d["init"])
     steps = [p["step"] for p in d["curve"]]
+    if supervised(d):  # a reference: the same model trained on parallel pairs, in the BLEU panels only
+      for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
+        ax.plot(steps, [p[key] for p in d["curve"]], marker="^", linestyle="-.", color="black",
+                label=f"{label} ({d['variant']}): supervised, all pairs")
+      continue
     for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
       ax.plot(steps, [p[key] for p in d["curve"]], marker="o", color=color, label=f"{label} ({d['variant']})")
       fit = log_fit(d["curve"], key) if label.startswith("pretrained") else None
@@ -243,6 +258,8 @@ def render(paths: list[str], png: str) -> None:
                  color=color, label=f"round-trip, {label}")
     axes[2].plot(steps, [(p["bleu_en-fr"] + p["bleu_fr-en"]) / 2 for p in d["curve"]], marker="o", color=color,
                  label=f"true BLEU (mean), {label}")
+  if any(supervised(d) for d in runs):
+    axes[0].axhline(UNMT_TARGET, color="red", linestyle=":", label=f"issue 14 target ({UNMT_TARGET:.0f} BLEU)")
   if runs and runs[0]["curve"]:
     first = runs[0]["curve"][0]
     for ax, key in zip(axes[:2], ("source_bleu_en-fr", "source_bleu_fr-en")):
