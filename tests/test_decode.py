@@ -293,3 +293,38 @@ def test_bad_options_are_user_errors(params):
     D.generate(params, ENC, DEC, SRC, SRC_LANGS, TGT_LANGS, eos_id=EOS, pad_id=PAD, max_len=64)
   with pytest.raises(UserError, match="decoder"):
     D.generate(params, ENC, ENC, SRC, SRC_LANGS, TGT_LANGS, eos_id=EOS, pad_id=PAD)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (g) an output vocabulary per target language
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_vocab_mask_equals_a_model_without_the_forbidden_words(params, beam_size):
+  """Rows for language l decode as if the output layer had only language l's words: the same rows and scores as
+  the unmasked search on a model whose output bias pushes the forbidden words to -1e9 (renormalised softmax)."""
+  mask = D.output_vocab_mask({0: np.array([1, 1, 0, 1, 1, 0, 1]), 1: np.array([5, 0, 5, 0, 5, 0, 5])},
+                             n_langs=3, vocab_size=ENC.vocab_size, min_count=1, eos_id=EOS)
+  assert mask[1, EOS] and not mask[1, 3] and mask[2].all()      # </s> always; a language without counts: all words
+  masked = D.generate(params, ENC, DEC, SRC, SRC_LANGS, TGT_LANGS, beam_size=beam_size, vocab_mask=mask, **SHARED)
+  plain = D.generate(params, ENC, DEC, SRC, SRC_LANGS, TGT_LANGS, beam_size=beam_size, **SHARED)
+  changed = 0
+  for lang in np.unique(TGT_LANGS):
+    dec = dict(params["decoder"])
+    dec["pred_bias"] = dec["pred_bias"] + jnp.where(jnp.asarray(mask[lang]), 0.0, -1e9)
+    biased = D.generate({"encoder": params["encoder"], "decoder": dec}, ENC, DEC, SRC, SRC_LANGS, TGT_LANGS,
+                        beam_size=beam_size, **SHARED)
+    for i in np.flatnonzero(TGT_LANGS == lang):
+      row = _row(masked, i)
+      assert row == _row(biased, i) and all(mask[lang][w] for w in row)
+      assert float(masked.scores[i]) == pytest.approx(float(biased.scores[i]), abs=1e-5)
+      changed += row != _row(plain, i)
+  assert changed, "the mask changed no row: the test model never produced a forbidden word"
+
+
+def test_vocab_mask_shape_and_eos_are_checked(params):
+  with pytest.raises(UserError, match="vocab_mask must have shape"):
+    D.generate(params, ENC, DEC, SRC, SRC_LANGS, TGT_LANGS, vocab_mask=np.ones((2, ENC.vocab_size), bool), **SHARED)
+  with pytest.raises(UserError, match="forbids </s>"):
+    D.generate(params, ENC, DEC, SRC, SRC_LANGS, TGT_LANGS, vocab_mask=np.zeros((3, ENC.vocab_size), bool),
+               **SHARED)

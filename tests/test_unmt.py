@@ -128,3 +128,25 @@ def test_the_discriminator_trains_itself_on_the_states_and_the_encoder_against_i
   with pytest.raises(Exception, match="ae_steps is empty"):
     bad = tiny_config(**{**UNMT, "nmt.ae_steps": "", "nmt.lambda_dis": 1})
     nmt.build_task(bad, str(tmp_path / "bad"), parallel.make_mesh(bad.mesh.to_dict()))
+
+
+def test_output_vocabulary_per_language_comes_from_its_monolingual_text(tmp_path):
+  """`config.nmt.output_vocab_min_count`: language l may produce the words seen that often in its monolingual
+  training store (and `</s>`); back-translation decodes under that mask inside the jitted loss. Off (0): no mask."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from xlm_jax import parallel
+  from xlm_jax.train import nmt
+  from xlm_jax.train.state import strip_boxes
+  c = tiny_config(**{**UNMT, "nmt.output_vocab_min_count": 2})
+  task, context = nmt.build_task(c, str(tmp_path), parallel.make_mesh(c.mesh.to_dict()))
+  mask, tok = context["vocab_mask"], context["tokenizer"]
+  assert mask.shape == (2, context["decoder_config"].vocab_size) and mask[:, tok.eos_id].all()
+  assert not mask[:, tok.pad_id].any() and 0 < mask.sum() < mask.size and (mask[0] != mask[1]).any()
+  batch = jax.tree.map(jnp.asarray, task.batches.batch(0))
+  assert "bt" in batch
+  sums = task.loss.sums(strip_boxes(task.init_params(jax.random.key(0))), batch, jax.random.key(1), False)
+  assert np.isfinite(float(sums["bt"].loss)) and float(sums["bt"].weight) > 0
+  off = tiny_config(**UNMT)
+  assert nmt.build_task(off, str(tmp_path / "off"), parallel.make_mesh(off.mesh.to_dict()))[1]["vocab_mask"] is None

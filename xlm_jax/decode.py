@@ -39,6 +39,9 @@ Deliberate differences from the reference:
   reference's formula is only a bound for length_penalty >= 0).
 - `block_eos` forbids `</s>` before the last allowed position (benchmarks use it so every sentence runs to the
   limit). Blocked words are removed after the log-softmax, so the remaining words keep their log-probabilities.
+- `vocab_mask` (optional, bool [n_langs, V]) restricts each target language to its own words: the reference has no
+  such option. Unlike `block_eos`, masked words are removed BEFORE the log-softmax (the distribution is
+  renormalised over the allowed words), as if the model's output layer had only them.
 
 Implementation: one `lax.while_loop` over time, vectorised over sentences x beams, no host synchronisation per
 step; it stops early once every sentence is finished. The model keeps an explicit `DecodeCache`; reordering beams
@@ -288,13 +291,15 @@ def make_decoder(enc_cfg: TransformerConfig, dec_cfg: TransformerConfig,
   src_tokens int [B, S]: framed sources `</s> w... </s>`, right-padded with `options.pad_id`.
   src_langs: source language ids, [B] or [B, S] (None for models without language embeddings).
   tgt_lang_ids: int [B], the language to produce (None only for decoders without language embeddings).
+  vocab_mask: None, or bool [n_langs, V]: the words language l may produce are those where vocab_mask[l] is
+  True (keep `</s>` allowed); needs tgt_lang_ids. See `output_vocab_mask`.
   Dropout is off. The encoder runs once; every beam of a sentence shares its cross-attention keys/values.
   """
   model = EncoderDecoder(enc_cfg, dec_cfg)
   k = options.beam_size
 
   def decode(params, src_tokens, src_langs, tgt_lang_ids, length_penalty=None, early_stopping=None,
-             block_eos=None) -> Decoded:
+             block_eos=None, vocab_mask=None) -> Decoded:
     length_penalty = options.length_penalty if length_penalty is None else length_penalty
     early_stopping = options.early_stopping if early_stopping is None else early_stopping
     block_eos = options.block_eos if block_eos is None else block_eos
@@ -308,8 +313,13 @@ def make_decoder(enc_cfg: TransformerConfig, dec_cfg: TransformerConfig,
     cache = model.apply(variables, cap, beams=k, src_hidden=hidden, src_segment_ids=segments, method="init_cache")
     langs = None if tgt_lang_ids is None else jnp.repeat(jnp.asarray(tgt_lang_ids, jnp.int32), k)
 
+    allowed = None if vocab_mask is None else jnp.asarray(vocab_mask, bool)[langs]   # [B*K, V]
+
     def step(tokens, t, cache):
-      return model.apply(variables, tokens, t, langs, cache, method="decode_step")
+      logits, cache = model.apply(variables, tokens, t, langs, cache, method="decode_step")
+      if allowed is not None:
+        logits = jnp.where(allowed, logits, -jnp.inf)
+      return logits, cache
 
     common = dict(eos_id=options.eos_id, pad_id=options.pad_id, length_penalty=length_penalty, block_eos=block_eos)
     if k == 1:
@@ -362,13 +372,14 @@ def _check_inputs(params, enc_cfg, dec_cfg, src_tokens, src_langs, tgt_lang_ids,
 def generate(params: Any, enc_cfg: TransformerConfig, dec_cfg: TransformerConfig, src_tokens, src_langs,
              tgt_lang_ids, *, eos_id: int, pad_id: int, beam_size: int = 1, length_penalty: float = 1.0,
              early_stopping: bool = False, max_len_a: float = EVAL_MAX_LEN[0], max_len_b: float = EVAL_MAX_LEN[1],
-             max_len: int | None = None, block_eos: bool = False) -> Decoded:
+             max_len: int | None = None, block_eos: bool = False, vocab_mask=None) -> Decoded:
   """Translate a batch: greedy (beam_size=1) or beam search, jitted (one compilation per shape and options).
 
   src_tokens int [B, S] framed `</s> w... </s>` and right-padded with `pad_id`; src_langs [B] or [B, S] source
   language ids; tgt_lang_ids [B] target language ids. Output rows are framed `</s> ... </s>`, right-padded, at
   most `max_len` (default floor(max_len_a * S + max_len_b)) long and at most floor(max_len_a * src_len +
   max_len_b) for each row's own source length. Use BACKTRANSLATION_MAX_LEN = (1.3, 5) for back-translation.
+  `vocab_mask` (bool [n_langs, V] or None): the words each target language may produce (`output_vocab_mask`).
   Raises `UserError` for bad inputs or options.
   """
   options = DecodeOptions(eos_id=int(eos_id), pad_id=int(pad_id), beam_size=beam_size,
@@ -376,9 +387,38 @@ def generate(params: Any, enc_cfg: TransformerConfig, dec_cfg: TransformerConfig
                           max_len_a=float(max_len_a), max_len_b=float(max_len_b), max_len=max_len,
                           block_eos=bool(block_eos))
   _check_inputs(params, enc_cfg, dec_cfg, src_tokens, src_langs, tgt_lang_ids, options)
+  if vocab_mask is not None:
+    check_vocab_mask(vocab_mask, dec_cfg, options.eos_id)
   decode = _jitted_decoder(enc_cfg, dec_cfg, _static_part(options))
   return decode(params, src_tokens, src_langs, tgt_lang_ids, jnp.float32(options.length_penalty),
-                jnp.bool_(options.early_stopping), jnp.bool_(options.block_eos))
+                jnp.bool_(options.early_stopping), jnp.bool_(options.block_eos), vocab_mask)
+
+
+def output_vocab_mask(token_counts: dict[int, np.ndarray], n_langs: int, vocab_size: int, min_count: int,
+                      eos_id: int) -> np.ndarray:
+  """bool [n_langs, V]: language l may produce the words seen at least `min_count` times in its monolingual text
+  (`token_counts[l]`, per-id counts); a language without counts may produce every word; `</s>` always.
+
+  With a shared BPE, an unsupervised model's easiest way to rebuild a back-translated sentence is to copy source
+  words into its "translation" (a code of its own). Restricting each output language to words of its own text takes
+  that way out of decoding, without parallel data."""
+  mask = np.ones((n_langs, vocab_size), bool)
+  for lang, counts in token_counts.items():
+    counts = np.asarray(counts)
+    if counts.shape != (vocab_size,):
+      raise ValueError(f"token counts of language {lang} have shape {counts.shape}, expected ({vocab_size},)")
+    mask[lang] = counts >= min_count
+  mask[:, eos_id] = True
+  return mask
+
+
+def check_vocab_mask(vocab_mask, dec_cfg: TransformerConfig, eos_id: int) -> None:
+  shape = np.shape(vocab_mask)
+  if shape != (dec_cfg.n_langs, dec_cfg.vocab_size):
+    raise UserError(f"vocab_mask must have shape [n_langs={dec_cfg.n_langs}, vocab_size={dec_cfg.vocab_size}]; "
+                    f"got {shape}.")
+  if not isinstance(vocab_mask, jax.core.Tracer) and not np.all(np.asarray(vocab_mask)[:, eos_id]):
+    raise UserError(f"vocab_mask forbids </s> (id {eos_id}) for some language: no sentence could end.")
 
 
 def to_lists(decoded: Decoded, eos_id: int) -> list[list[int]]:

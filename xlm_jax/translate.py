@@ -24,8 +24,9 @@ BUCKET = 16
 def translate_ids(params, enc_cfg, dec_cfg, sources: Sequence[Sequence[int]], src_lang: int, tgt_lang: int, *,
                   eos_id: int, pad_id: int, beam_size: int = 1, length_penalty: float = 1.0,
                   early_stopping: bool = False, max_len_a: float = 1.5, max_len_b: float = 10.0,
-                  batch_size: int = 64) -> list[list[int]]:
-  """Decode token-id sentences (unframed) into target token ids (unframed), in input order."""
+                  batch_size: int = 64, vocab_mask=None) -> list[list[int]]:
+  """Decode token-id sentences (unframed) into target token ids (unframed), in input order. `vocab_mask`: see
+  `decode.output_vocab_mask`."""
   from xlm_jax import decode
   out: list[list[int] | None] = [None] * len(sources)
   order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
@@ -44,7 +45,7 @@ def translate_ids(params, enc_cfg, dec_cfg, sources: Sequence[Sequence[int]], sr
     tgt_langs = np.full((size,), tgt_lang, np.int32) if dec_cfg.has_lang_emb else None
     decoded = decode.generate(params, enc_cfg, dec_cfg, tokens, src_langs, tgt_langs, eos_id=eos_id, pad_id=pad_id,
                               beam_size=beam_size, length_penalty=length_penalty, early_stopping=early_stopping,
-                              max_len_a=max_len_a, max_len_b=max_len_b)
+                              max_len_a=max_len_a, max_len_b=max_len_b, vocab_mask=vocab_mask)
     hyps = decode.to_lists(decoded, eos_id)
     for j, i in enumerate(chunk):
       out[i] = hyps[j]

@@ -150,7 +150,7 @@ def adversarial_sums(discriminator: LanguageDiscriminator, d_params, states, lan
 
 
 def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_id: int,
-              discriminator: LanguageDiscriminator | None = None) -> Loss:
+              discriminator: LanguageDiscriminator | None = None, vocab_mask=None) -> Loss:
   """MT, denoising AE and back-translation: per objective, the summed cross-entropy of the target tokens (`Sums`);
   with a `discriminator`, also `dis` and `adv` on the denoising sources (module docstring; `lambdas` then has
   `adv`, and `dis` weighs 1).
@@ -189,7 +189,8 @@ def make_loss(model: EncoderDecoder, lambdas: Mapping[str, Any], bt_decode, pad_
   def back_translated(params, b):
     """Translate the l1 sentences into l2 with the current model (no gradient, no dropout, greedy, as the
     reference), then return the (l2 synthetic -> l1 original) training example."""
-    generated = bt_decode(jax.lax.stop_gradient(params), b["tokens"], b["langs1"], b["langs2"])
+    generated = bt_decode(jax.lax.stop_gradient(params), b["tokens"], b["langs1"], b["langs2"],
+                          vocab_mask=vocab_mask)
     src = generated.tokens
     tgt = b["tokens"]
     src_seg = (src != pad_id).astype(jnp.int32)
@@ -353,6 +354,21 @@ def discriminator_meta(discriminator: LanguageDiscriminator | None) -> dict | No
           "n_layers": discriminator.n_layers, "dropout": discriminator.dropout}
 
 
+def output_vocab_mask(config, mono: dict, lang2id: dict, dec_cfg: TransformerConfig, tokenizer) -> np.ndarray | None:
+  """`config.nmt.output_vocab_min_count` > 0: the words each language may produce (`decode.output_vocab_mask`),
+  counted over the monolingual training stores `mono` (languages without one may produce every word)."""
+  min_count = int(config.nmt.output_vocab_min_count)
+  if min_count <= 0:
+    return None
+  if not mono:
+    raise UserError(f"config.nmt.output_vocab_min_count={min_count} counts words in the monolingual training text "
+                    "of the denoising and back-translation languages, and this run has none (ae_steps and bt_steps "
+                    "are empty); set it to 0.")
+  counts = {lang2id[l]: np.bincount(m.store("train").tokens, minlength=dec_cfg.vocab_size)[:dec_cfg.vocab_size]
+            for l, m in mono.items()}
+  return decode_lib.output_vocab_mask(counts, dec_cfg.n_langs, dec_cfg.vocab_size, min_count, tokenizer.eos_id)
+
+
 def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   """Everything the loop needs; all checks run before anything is written to `workdir`."""
   specs = parse_nmt_steps(config.nmt.mt_steps, config.nmt.ae_steps, config.nmt.bt_steps)
@@ -420,6 +436,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
                                         max_len=bt_len)
   bt_decode = decode_lib.make_decoder(enc_cfg.replace(dropout=0.0, attention_dropout=0.0),
                                       dec_cfg.replace(dropout=0.0, attention_dropout=0.0), bt_options)
+  vocab_mask = output_vocab_mask(config, mono, lang2id, dec_cfg, tokenizer)
   lambdas = {k: parse_lambda(getattr(config.nmt, f"lambda_{k}"), f"config.nmt.lambda_{k}") for k in ("mt", "ae", "bt")}
   discriminator = make_discriminator(config, specs, len(languages))
   if discriminator is not None:
@@ -455,7 +472,7 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
     return translate_texts(model_params(params), enc_cfg, dec_cfg, tokenizer, texts, l1, l2, languages,
                            beam_size=config.nmt.beam_size, length_penalty=config.nmt.length_penalty,
                            early_stopping=config.nmt.early_stopping, max_len_a=config.nmt.eval_max_len_a,
-                           max_len_b=config.nmt.eval_max_len_b)
+                           max_len_b=config.nmt.eval_max_len_b, vocab_mask=vocab_mask)
 
   def extra_eval(params, step) -> dict:
     results = {}
@@ -486,12 +503,12 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
               "config": json.loads(json.dumps(config.to_dict(), default=str)),
               "discriminator": discriminator_meta(discriminator)}
   task = TrainTask(name="nmt", init_params=init,
-                   loss=make_loss(model, lambdas, bt_decode, tokenizer.pad_id, discriminator),
+                   loss=make_loss(model, lambdas, bt_decode, tokenizer.pad_id, discriminator, vocab_mask),
                    batches=batches, eval_sets=eval_sets, meta=meta_out, step_flops=nmt_flops(enc_cfg, dec_cfg),
                    step_tokens=nmt_tokens_fn(tokenizer.pad_id), compute_dtype=enc_cfg.dtype, extra_eval=extra_eval,
                    init_from=init_from)
   context = {"tokenizer": tokenizer, "languages": languages, "encoder_config": enc_cfg, "decoder_config": dec_cfg,
-             "references": references}
+             "references": references, "vocab_mask": vocab_mask}
   return task, context
 
 
