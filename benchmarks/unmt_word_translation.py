@@ -157,6 +157,36 @@ def word_by_word(sentences: list[list[str]], table: dict[str, str]) -> list[str]
   return [" ".join(table.get(t, t) for t in s) for s in sentences]
 
 
+def detokenized(line: str) -> str:
+  """Our word split undone as far as spacing goes: no space before closing punctuation, none around apostrophes
+  and hyphens (`l ' eau` -> `l'eau`, `t - shirt` -> `t-shirt`)."""
+  line = re.sub(r" ([.,!?;:)])", r"\1", line)
+  line = re.sub(r"\( ", "(", line)
+  return re.sub(r" ?(['-]) ?", r"\1", line)
+
+
+def write_pseudo_parallel(folder: str, data: str, halves: dict[str, list[str]], tables: dict[tuple[str, str], dict]):
+  """Lample et al. (2018)'s first step as data: each half's lines with their word-by-word translation (the
+  unsupervised tables only), one corpus folder per direction `<src>-<tgt>` whose source side is the word-by-word
+  translation of real `<tgt>` lines (a model trained on it learns to turn rough `<src>` into fluent `<tgt>`):
+  train.<lang>.gz aligned, plus links to the real val and test_2016_flickr files for BLEU."""
+  for (src, tgt), table in tables.items():
+    # direction src -> tgt: real tgt lines (tgt's own half), their word-by-word translation into src as sources
+    out = os.path.join(folder, f"{src}-{tgt}")
+    os.makedirs(out, exist_ok=True)
+    real = halves[tgt]
+    rough = []
+    for line in real:
+      text = detokenized(" ".join(table.get(t, t) for t in words(line)))
+      rough.append(text[:1].upper() + text[1:] if line[:1].isupper() else text)
+    for lang, lines in ((tgt, real), (src, rough)):
+      with gzip.open(os.path.join(out, f"train.{lang}.gz"), "wt", encoding="utf-8") as f:
+        f.write("".join(l + "\n" for l in lines))
+    for name in os.listdir(data):
+      if name.startswith(("val.", "test_")) and not os.path.exists(os.path.join(out, name)):
+        os.symlink(os.path.join(data, name), os.path.join(out, name))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--vocab", type=int, default=2000)
@@ -165,6 +195,8 @@ def main(argv=None):
   p.add_argument("--induce", type=int, default=1000, help="words per side the self-learning dictionary is drawn from")
   p.add_argument("--iterations", type=int, default=10)
   p.add_argument("--out", default=None)
+  p.add_argument("--write-pseudo", default=None, metavar="FOLDER",
+                 help="also write word-by-word pseudo-parallel corpora (FOLDER/en-fr, FOLDER/fr-en)")
   args = p.parse_args(argv)
   import sacrebleu
   started = time.time()
@@ -210,6 +242,13 @@ def main(argv=None):
         "copy_the_source": sacrebleu.corpus_bleu(copy, [refs], tokenize="none").score}
   result["test_2016_flickr_bleu_lowercased_word_split"] = bleu
   result["samples"] = {e: en_fr[e] for e in frequent[:40]}
+  if args.write_pseudo:
+    raw = {}
+    for l in ("en", "fr"):
+      with gzip.open(os.path.join(data, f"train.{l}.gz"), "rt", encoding="utf-8") as f:
+        raw[l] = [t.rstrip("\n") for i, t in enumerate(f) if HALVES[l][0] <= i < HALVES[l][1]]
+    write_pseudo_parallel(args.write_pseudo, data, raw, {("en", "fr"): fr_en, ("fr", "en"): en_fr})
+    result["pseudo_parallel"] = args.write_pseudo
   result["seconds"] = time.time() - started
   print(f"seed dictionary {len(seed)} identical words; reference dictionary {len(gold)} words")
   for k, v in scores.items():
