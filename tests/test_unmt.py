@@ -150,3 +150,42 @@ def test_output_vocabulary_per_language_comes_from_its_monolingual_text(tmp_path
   assert np.isfinite(float(sums["bt"].loss)) and float(sums["bt"].weight) > 0
   off = tiny_config(**UNMT)
   assert nmt.build_task(off, str(tmp_path / "off"), parallel.make_mesh(off.mesh.to_dict()))[1]["vocab_mask"] is None
+
+
+def test_direction_corpora_feed_only_their_own_mt_direction(tmp_path):
+  """`config.nmt.direction_corpora` (e.g. word-by-word pseudo-parallel text, one folder per direction): the
+  training pairs of xb->xa come from `<folder>/xb-xa`, those of xa->xb still from the main corpus; a folder
+  naming no MT direction is refused."""
+  import jax
+  import numpy as np
+  from xlm_jax import parallel
+  from xlm_jax.errors import UserError
+  from xlm_jax.train import nmt
+  folder = tmp_path / "directions" / "xb-xa"
+  folder.mkdir(parents=True)
+  marker = "Koha koha koha."
+  (folder / "train.xa-xb.xa").write_text("".join(f"Nana puno hu koyoko {i}.\n" for i in range(200)))
+  (folder / "train.xa-xb.xb").write_text((marker + "\n") * 200)
+  c = tiny_config(**{**UNMT, "nmt.ae_steps": "", "nmt.bt_steps": "", "nmt.mt_steps": "xa-xb,xb-xa",
+                     "nmt.direction_corpora": str(tmp_path / "directions")})
+  task, context = nmt.build_task(c, str(tmp_path / "run"), parallel.make_mesh(c.mesh.to_dict()))
+  tok, lang2id = context["tokenizer"], {l: i for i, l in enumerate(context["languages"])}
+  allowed = set(tok.encode(marker, "xb")) | {tok.eos_id, tok.pad_id}
+  own, main = 0, 0
+  for step in range(4):
+    b = jax.tree.map(np.asarray, task.batches.batch(step)["mt"])
+    for src, langs in zip(b["src_tokens"], b["src_langs"]):
+      real = langs[src != tok.pad_id]
+      if real.size and real[0] == lang2id["xb"]:
+        assert set(src.tolist()) <= allowed
+        own += 1
+      elif real.size:
+        main += 1
+  assert own and main
+  c.nmt.direction_corpora = str(tmp_path / "nowhere")
+  with pytest.raises(UserError, match="does not exist"):
+    nmt.build_task(c, str(tmp_path / "run2"), parallel.make_mesh(c.mesh.to_dict()))
+  c.nmt.direction_corpora = str(tmp_path / "directions")
+  c.nmt.mt_steps = "xa-xb"
+  with pytest.raises(UserError, match="no folder for the MT directions"):
+    nmt.build_task(c, str(tmp_path / "run3"), parallel.make_mesh(c.mesh.to_dict()))

@@ -41,6 +41,7 @@ from xlm_jax import parallel, paths, run_setup
 from xlm_jax.config_base import parse_languages
 from xlm_jax.data.noise import NoiseConfig
 from xlm_jax.data.mixture import BuiltIn, Entry, Mixture, StepSpec, objectives, parse_nmt_steps
+from xlm_jax.data import sources as sources_lib
 from xlm_jax.data.rows import BtRows, PairIndex, TranslationRows
 from xlm_jax.errors import UserError
 from xlm_jax.evaluate import bleu
@@ -287,21 +288,25 @@ def check_shapes(config, enc_cfg: TransformerConfig, dec_cfg: TransformerConfig,
   parallel.check_batch(int(config.data.batch_size), mesh, int(config.train.accumulate_gradients))
 
 
-def make_batches(config, specs: list[StepSpec], para: dict, mono: dict, lang2id: dict, tokenizer
-                 ) -> tuple[Mixture, list[Entry]]:
+def make_batches(config, specs: list[StepSpec], para: dict, mono: dict, lang2id: dict, tokenizer,
+                 direction_para: dict | None = None) -> tuple[Mixture, list[Entry]]:
   """The NMT mixture (MT and denoising rows packed on both sides, back-translation sources) over the prepared
-  stores, and the held-out MT entries (`mt` on the valid split of every MT or BT direction)."""
+  stores, and the held-out MT entries (`mt` on the valid split of every MT or BT direction). `direction_para`
+  {(src, tgt): prepared pairs}: the training pairs of that MT direction (`config.nmt.direction_corpora`)."""
+  direction_para = direction_para or {}
   noise = NoiseConfig(config.nmt.word_shuffle, config.nmt.word_dropout, config.nmt.word_blank, tokenizer.mask_id)
   src_len, tgt_len, bt_len = int(config.nmt.src_len), int(config.nmt.tgt_len), int(config.nmt.bt_len)
   indexes: dict = {}
 
   def mt_rows(split: str, l1: str, l2: str) -> TranslationRows:
     key = tuple(sorted((l1, l2)))
-    if (split, key) not in indexes:
-      indexes[(split, key)] = PairIndex(para[key].store(split, 0), para[key].store(split, 1), src_len + tgt_len,
-                                        max_side=min(src_len, tgt_len))
+    own = split == "train" and (l1, l2) in direction_para
+    source, index_key = (direction_para[(l1, l2)], (split, key, l1)) if own else (para.get(key), (split, key))
+    if index_key not in indexes:
+      indexes[index_key] = PairIndex(source.store(split, 0), source.store(split, 1), src_len + tgt_len,
+                                     max_side=min(src_len, tgt_len))
     return TranslationRows(src_len=src_len, tgt_len=tgt_len, pad_id=tokenizer.pad_id, src_lang=lang2id[l1],
-                           tgt_lang=lang2id[l2], pairs=indexes[(split, key)], swap=l1 != key[0],
+                           tgt_lang=lang2id[l2], pairs=indexes[index_key], swap=l1 != key[0],
                            pool=config.data.pack_pool)
 
   entries = []
@@ -369,6 +374,31 @@ def output_vocab_mask(config, mono: dict, lang2id: dict, dec_cfg: TransformerCon
   return decode_lib.output_vocab_mask(counts, dec_cfg.n_langs, dec_cfg.vocab_size, min_count, tokenizer.eos_id)
 
 
+def _direction_corpora(config, specs: list[StepSpec], workdir: str, languages: list[str]) -> dict:
+  """`config.nmt.direction_corpora`: {(src, tgt): corpus of the folder `<src>-<tgt>`} for the MT directions that
+  have one (validated here: a folder that names no MT direction is an error, as is an empty one)."""
+  folder = str(config.nmt.direction_corpora or "").strip()
+  if not folder:
+    return {}
+  if not paths.exists(folder):
+    raise UserError(f"config.nmt.direction_corpora={folder!r} does not exist; give a folder holding one corpus "
+                    "folder per MT direction, named <src>-<tgt> (benchmarks/unmt_word_translation.py --write-pseudo "
+                    "writes them).")
+  directions = [tuple(s.langs[:2]) for s in specs if s.key == "mt"]
+  found = {d: paths.join(folder, f"{d[0]}-{d[1]}") for d in directions if paths.exists(paths.join(folder,
+                                                                                                 f"{d[0]}-{d[1]}"))}
+  if not found:
+    raise UserError(f"config.nmt.direction_corpora={folder!r} has no folder for the MT directions "
+                    f"{['-'.join(d) for d in directions] or 'of config.nmt.mt_steps (it is empty)'}; name them "
+                    "<src>-<tgt> or set config.nmt.mt_steps.")
+  out = {}
+  for d, path in found.items():
+    out[d] = sources_lib.make_corpus(path, workdir=workdir, languages=languages, seed=config.seed,
+                                     aligned=config.data.aligned, split_names=config.data.split_names)
+    out[d].para("train", *sorted(d))   # fails now, naming the missing file, not in the middle of preparation
+  return out
+
+
 def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   """Everything the loop needs; all checks run before anything is written to `workdir`."""
   specs = parse_nmt_steps(config.nmt.mt_steps, config.nmt.ae_steps, config.nmt.bt_steps)
@@ -384,7 +414,9 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
                         f"{'pretrained model' if meta else 'config'} does not have (it has {languages}).")
   existing = run_setup.existing_meta(workdir)
   corpus = run_setup.make_corpus(config, workdir, languages)
-  pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key == "mt"})
+  direction_corpora = _direction_corpora(config, specs, workdir, languages)
+  pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key == "mt" and tuple(s.langs[:2]) not in
+                  direction_corpora})
   eval_pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key in ("mt", "bt")})
   mono_langs = sorted({s.langs[0] for s in specs if s.key in ("ae", "bt")})
   for a, b in pairs:
@@ -422,10 +454,13 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
                                    splits=(("train",) if p in pairs else ()) + (("valid", "test") if p in eval_pairs
                                                                                else ()))
           for p in sorted(set(pairs) | set(eval_pairs))}
+  direction_para = {d: run_setup.prepare_para(c, *d, tokenizer, paths.join(cache_dir, f"direction_{d[0]}-{d[1]}"),
+                                              config.data.max_len, splits=("train",))
+                    for d, c in direction_corpora.items()}
   windows = run_setup.parse_line_windows(config.data.mono_lines, languages)
   mono = {l: run_setup.prepare_mono(corpus, l, tokenizer, cache_dir, splits=("train",), lines=windows.get(l))
           for l in mono_langs}
-  batches, eval_entries = make_batches(config, specs, para, mono, lang2id, tokenizer)
+  batches, eval_entries = make_batches(config, specs, para, mono, lang2id, tokenizer, direction_para)
   eval_sets = batches.eval_batches(eval_entries, config.data.eval_rows)
   directions = sorted({tuple(s.langs[:2]) for s in specs if s.key in ("mt", "bt")})
   bt_len = int(config.nmt.bt_len)
