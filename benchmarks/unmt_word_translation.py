@@ -112,14 +112,23 @@ def mutual_pairs(sim: np.ndarray) -> list[tuple[int, int]]:
   return [(i, int(j)) for i, j in enumerate(forward) if backward[j] == i]
 
 
+def frequency_prior(x_counts: np.ndarray, z_counts: np.ndarray) -> np.ndarray:
+  """-|log count_x - log count_z| [len(x), len(z)]: the two halves describe the same kind of images, so a word and
+  its translation occur about equally often (an unsupervised signal of comparable corpora, not of parallel ones)."""
+  return -np.abs(np.log(x_counts)[:, None] - np.log(z_counts)[None, :])
+
+
 def self_learning(x: np.ndarray, z: np.ndarray, seed: list[tuple[int, int]], induce: int,
-                  iterations: int) -> tuple[np.ndarray, list[dict]]:
+                  iterations: int, prior: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
+  """Procrustes from `seed`, refitted `iterations` times on the mutual nearest neighbours among the `induce` most
+  frequent words, by CSLS plus `prior` (a [len(x), len(z)] score added to it, e.g. beta * frequency_prior)."""
   pairs, history = seed, []
   for it in range(iterations + 1):
     w = procrustes(x[[i for i, _ in pairs]], z[[j for _, j in pairs]])
     if it == iterations:
       break
-    pairs = mutual_pairs(csls(x[:induce] @ w, z[:induce]))
+    extra = 0.0 if prior is None else prior[:induce, :induce]
+    pairs = mutual_pairs(csls(x[:induce] @ w, z[:induce]) + extra)
     history.append({"iteration": it + 1, "dictionary_size": len(pairs)})
   return w, history
 
@@ -143,12 +152,12 @@ def reference_dictionary(en: list[list[str]], fr: list[list[str]], en_vocab: lis
 
 
 def precision_at_1(w: np.ndarray, x: np.ndarray, z: np.ndarray, en_vocab: list[str], fr_vocab: list[str],
-                   gold: dict[str, str], words_: list[str]) -> tuple[float, int]:
+                   gold: dict[str, str], words_: list[str], prior=0.0) -> tuple[float, int]:
   words_ = [e for e in words_ if e in gold]
   if not words_:
     return float("nan"), 0
   index = {e: i for i, e in enumerate(en_vocab)}
-  sim = csls(x @ w, z)
+  sim = csls(x @ w, z) + prior
   hits = sum(fr_vocab[int(sim[index[e]].argmax())] == gold[e] for e in words_)
   return hits / len(words_), len(words_)
 
@@ -194,6 +203,8 @@ def main(argv=None):
   p.add_argument("--dim", type=int, default=100)
   p.add_argument("--induce", type=int, default=1000, help="words per side the self-learning dictionary is drawn from")
   p.add_argument("--iterations", type=int, default=10)
+  p.add_argument("--frequency-prior", type=float, default=0.0, metavar="BETA",
+                 help="add BETA * -|log count_en - log count_fr| to CSLS (self-learning and the tables); 0 = off")
   p.add_argument("--out", default=None)
   p.add_argument("--write-pseudo", default=None, metavar="FOLDER",
                  help="also write word-by-word pseudo-parallel corpora (FOLDER/en-fr, FOLDER/fr-en)")
@@ -206,7 +217,10 @@ def main(argv=None):
   vectors = {l: ppmi_vectors(halves[l], vocab[l], args.window, args.dim) for l in halves}
   fr_index = {w: i for i, w in enumerate(vocab["fr"])}
   seed = [(i, fr_index[w]) for i, w in enumerate(vocab["en"]) if w in fr_index]
-  w, history = self_learning(vectors["en"], vectors["fr"], seed, args.induce, args.iterations)
+  counts = {l: collections.Counter(t for s in halves[l] for t in s) for l in halves}
+  prior = args.frequency_prior * frequency_prior(*(np.array([counts[l][t] for t in vocab[l]], float)
+                                                   for l in ("en", "fr")))
+  w, history = self_learning(vectors["en"], vectors["fr"], seed, args.induce, args.iterations, prior)
 
   # evaluation: parallel text from here on
   pairs_en, pairs_fr = (read(os.path.join(data, f"train.{l}.gz")) for l in ("en", "fr"))
@@ -218,18 +232,18 @@ def main(argv=None):
   for top in (500, 1000, 2000):
     scores[f"top{top}"] = dict(zip(("p_at_1", "words"),
                                    precision_at_1(w, vectors["en"], vectors["fr"], vocab["en"], vocab["fr"], gold,
-                                                  frequent[:top])))
+                                                  frequent[:top], prior)))
   ranked = [e for e in frequent if e in gold][:2000]
   fit, held = ranked[0::2], ranked[1::2]
   en_index = {e: i for i, e in enumerate(vocab["en"])}
   w_sup = procrustes(vectors["en"][[en_index[e] for e in fit]], vectors["fr"][[fr_index[gold[e]] for e in fit]])
-  sup = precision_at_1(w_sup, vectors["en"], vectors["fr"], vocab["en"], vocab["fr"], gold, held)
+  sup = precision_at_1(w_sup, vectors["en"], vectors["fr"], vocab["en"], vocab["fr"], gold, held, prior)
   scores["mapping_fitted_on_reference_half"] = {"p_at_1": sup[0], "words": sup[1]}
   result["precision"] = scores
 
   test = {l: gzip.open(os.path.join(data, f"test_2016_flickr.{l}.gz"), "rt", encoding="utf-8").read().splitlines()
           for l in ("en", "fr")}
-  sim = csls(vectors["en"] @ w, vectors["fr"])
+  sim = csls(vectors["en"] @ w, vectors["fr"]) + prior
   en_fr = {e: vocab["fr"][int(sim[i].argmax())] for i, e in enumerate(vocab["en"])}
   fr_en = {f: vocab["en"][int(sim[:, j].argmax())] for j, f in enumerate(vocab["fr"])}
   bleu = {}
