@@ -4,6 +4,8 @@
   python benchmarks/unmt_word_translation.py --out benchmarks/results/unmt_word_translation.json
   python benchmarks/unmt_word_translation.py --vocab 4000 --window 4 --dim 200 --induce 2000 \
       --out benchmarks/results/unmt_word_translation_v4000_w4_d200.json
+  python benchmarks/unmt_word_translation.py --frequency-prior 0.05 --write-pseudo runs/unmt/word_by_word \
+      --out benchmarks/results/unmt_word_translation_prior005.json
 
 1. Words: lowercased, cut into runs of letters/digits and single punctuation marks; the `--vocab` most frequent
    of each half.
@@ -11,7 +13,9 @@
    distribution smoothed with exponent 0.75), truncated SVD to `--dim`, rows unit-normed, centred, unit-normed.
 3. Mapping: orthogonal (Procrustes) from the English to the French vectors, seeded with the words spelled the
    same in both halves (names, numbers, punctuation, loanwords), then self-learning: refit on the mutual nearest
-   neighbours by CSLS among the `--induce` most frequent words of each side, `--iterations` times.
+   neighbours by CSLS among the `--induce` most frequent words of each side, `--iterations` times. With
+   `--frequency-prior BETA`, BETA * -|log count_en - log count_fr| is added to CSLS there and in the final tables:
+   the halves describe the same kind of images, so a word and its translation occur about equally often.
 4. Evaluation only (parallel text is read here and nowhere above): a reference dictionary from all 29,000
    training pairs (for each English word, the French word with the highest Dice coefficient over sentence
    pairs; kept when that Dice is at least 0.3), P@1 of the induced translations of the most frequent English
@@ -20,6 +24,8 @@
    in both directions (each known word replaced by its nearest neighbour, others kept), scored by sacreBLEU on
    lowercased text cut by the same word split, output and references alike (our words are lowercased, so this
    is not the detokenized BLEU of the UNMT curves).
+5. `--write-pseudo FOLDER` (Lample et al. 2018's first step as data): per direction src-tgt, the real tgt half and
+   its word-by-word translation into src as the source side (FOLDER/<src>-<tgt>, for config.nmt.direction_corpora).
 
 The trap: the reference dictionary is a heuristic (one translation per word, by co-occurrence), so P@1 counts a
 synonym or an inflection as wrong; it ranks settings, it is not a published BLI figure.
