@@ -182,6 +182,13 @@ def test_direction_corpora_feed_only_their_own_mt_direction(tmp_path):
       elif real.size:
         main += 1
   assert own and main
+  c.nmt.unsupervised = True     # xa-xb would read the corpus's sentence pairs
+  with pytest.raises(UserError, match=r"unsupervised=True, yet MT direction\(s\) \['xa-xb'\]"):
+    nmt.build_task(c, str(tmp_path / "run1"), parallel.make_mesh(c.mesh.to_dict()))
+  c.nmt.mt_steps = "xb-xa"       # only the direction with its own (pseudo-parallel) folder: allowed
+  assert sorted(nmt.build_task(c, str(tmp_path / "run1b"), parallel.make_mesh(c.mesh.to_dict()))[0].eval_sets) == [
+      "mt_xb-xa"]
+  c.nmt.unsupervised = False
   c.nmt.direction_corpora = str(tmp_path / "nowhere")
   with pytest.raises(UserError, match="does not exist"):
     nmt.build_task(c, str(tmp_path / "run2"), parallel.make_mesh(c.mesh.to_dict()))

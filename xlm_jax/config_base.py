@@ -100,6 +100,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.nmt.bt_len = 48                    # back-translation: sentence row length (and generated length cap)
   c.nmt.bt_max_len_a = 1.3             # generated length <= a * source length + b, as the reference
   c.nmt.bt_max_len_b = 5.0
+  c.nmt.unsupervised = False           # True: no sentence pair may reach training (every MT direction needs its
+                                       # own folder in direction_corpora; valid/test pairs only score BLEU)
   c.nmt.direction_corpora = ""         # a folder of corpora per MT direction, <src>-<tgt>/train.* (e.g. word-by-word
                                        # pseudo-parallel text): their train pairs feed that direction's MT objective
   c.nmt.output_vocab_min_count = 0     # >0: each language produces only words seen this often in its monolingual

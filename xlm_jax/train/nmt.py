@@ -415,6 +415,13 @@ def build_task(config, workdir: str, mesh) -> tuple[TrainTask, dict]:
   existing = run_setup.existing_meta(workdir)
   corpus = run_setup.make_corpus(config, workdir, languages)
   direction_corpora = _direction_corpora(config, specs, workdir, languages)
+  if config.nmt.unsupervised:
+    paired = [f"{a}-{b}" for s in specs if s.key == "mt" for a, b in [s.langs[:2]] if (a, b) not in direction_corpora]
+    if paired:
+      raise UserError(f"config.nmt.unsupervised=True, yet MT direction(s) {paired} of config.nmt.mt_steps would train "
+                      "on the corpus's sentence pairs; give each a folder <src>-<tgt> in config.nmt.direction_corpora "
+                      "(e.g. word-by-word text from benchmarks/unmt_word_translation.py --write-pseudo), drop them "
+                      "from mt_steps, or set config.nmt.unsupervised=False for supervised MT.")
   pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key == "mt" and tuple(s.langs[:2]) not in
                   direction_corpora})
   eval_pairs = sorted({tuple(sorted(s.langs[:2])) for s in specs if s.key in ("mt", "bt")})
