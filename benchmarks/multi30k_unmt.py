@@ -1,5 +1,7 @@
-"""Unsupervised MT on the Multi30k disjoint halves, end to end (issue 14): MLM pretraining on the halves, then
-denoising + on-the-fly back-translation from that pretraining or from scratch, with BLEU every N steps.
+"""Unsupervised MT on the Multi30k disjoint halves, end to end (issue 14): MLM pretraining on the halves, word-by-word
+pseudo-parallel text from unsupervised word translation of the halves (WORKDIR/word_by_word, written by
+benchmarks/unmt_word_translation.py), then denoising + on-the-fly back-translation + MT on that text (weighted down
+to 0 by step 3,000) from the pretraining or from scratch, with BLEU every N steps.
 
   # MLM-initialised (pretrains first into WORKDIR/pretrain unless --bundle names a pretraining):
   python benchmarks/multi30k_unmt.py run --variant tiny --init pretrained --pretrain-steps 6000 --steps 3000 \
@@ -11,12 +13,16 @@ denoising + on-the-fly back-translation from that pretraining or from scratch, w
   python benchmarks/multi30k_unmt.py run --variant tiny --init scratch --label supervised_ceiling \
       --tokenizer runs/unmt/pretrain/tokenizer.json --steps 8000 --eval-every 1000 --roundtrip-sentences 0 \
       --workdir runs/unmt --out benchmarks/results/multi30k_unmt_tiny_supervised_ceiling.json \
-      --override nmt.ae_steps= nmt.bt_steps= nmt.mt_steps=en-fr,fr-en
+      --override nmt.ae_steps= nmt.bt_steps= nmt.mt_steps=en-fr,fr-en nmt.unsupervised=False \
+      nmt.direction_corpora= nmt.lambda_mt=1
+  # denoising + back-translation alone (the recipe before the word-by-word start):
+  ... run ... --override nmt.mt_steps= nmt.direction_corpora=
   # the curve (docs/img/multi30k_unmt.png); docs/results.md is then `python benchmarks/report.py`:
   python benchmarks/multi30k_unmt.py render benchmarks/results/multi30k_unmt_*.json
 
 Configs: `configs/multi30k.py:<variant>_halves` (MLM on English lines 0-14,499 and French lines 14,500-28,999 of the
-training set, BPE trained on the same halves) and `configs/nmt.py:multi30k_unsup` (the reference's UNMT recipe).
+training set, BPE trained on the same halves) and `configs/nmt.py:multi30k_unsup` (the reference's UNMT recipe plus
+the word-by-word start; `--frequency-prior` is the word translation's, see unmt_word_translation.py).
 At every evaluation the run records detokenized sacreBLEU on test_2016_flickr (en->fr and fr->en, greedy; all 1,000
 sentences unless --bleu-sentences), the copy-the-source baseline and how much the output copies its input, and the
 unsupervised selection criterion: round-trip BLEU (en->fr->en, fr->en->fr) on disjoint monolingual val lines. The
@@ -80,8 +86,28 @@ def unmt_config(args, bundle: str):
   c.nmt.bleu_split = "test"
   c.nmt.bleu_sentences = args.bleu_sentences
   c.nmt.roundtrip_sentences = args.roundtrip_sentences
+  c.nmt.direction_corpora = os.path.join(args.workdir, "word_by_word")
   override(c, dict(args.override))
   return c
+
+
+def word_by_word_corpora(config, frequency_prior: float) -> dict | None:
+  """The recipe's word-by-word start: when `config` trains MT on `nmt.direction_corpora` and that folder lacks a
+  direction, write it (benchmarks/unmt_word_translation.py on the halves, no sentence pair read for it) and return
+  that script's word-translation figures (None when the run has no such objective)."""
+  folder = str(config.nmt.direction_corpora or "")
+  directions = [d.strip() for d in str(config.nmt.mt_steps).split(",") if d.strip()]
+  if not (config.nmt.unsupervised and folder and directions):
+    return None
+  summary = folder.rstrip("/") + ".json"
+  if not all(os.path.isdir(os.path.join(folder, d)) for d in directions) or not os.path.exists(summary):
+    import unmt_word_translation
+    unmt_word_translation.main(["--frequency-prior", str(frequency_prior), "--write-pseudo", folder,
+                                "--out", summary])
+  done = json.load(open(summary))
+  return {"folder": folder, "command": done.get("command"), "settings": done.get("settings"),
+          "precision": done.get("precision"),
+          "word_by_word_bleu": done.get("test_2016_flickr_bleu_lowercased_word_split")}
 
 
 def tokenizer_stats(tokenizer_path: str, data: str, lines: int = 2000) -> dict:
@@ -146,6 +172,7 @@ def run(args) -> None:
   elif not args.tokenizer:
     raise SystemExit("--init scratch needs --tokenizer (the pretraining's tokenizer.json, for the same BPE)")
   config = unmt_config(args, bundle)
+  result["word_by_word"] = word_by_word_corpora(config, args.frequency_prior)
   result["config"] = {"unmt": json.loads(json.dumps(config.to_dict(), default=str))}
   result["tokenizer"] = tokenizer_stats(args.tokenizer or os.path.join(bundle, "tokenizer.json"),
                                         config.data.corpus)
@@ -316,6 +343,8 @@ def main():
   r.add_argument("--out", required=True)
   r.add_argument("--override", nargs="*", default=[], type=str, help="UNMT config fields, e.g. train.lr=1e-4")
   r.add_argument("--pretrain-override", nargs="*", default=[], type=str)
+  r.add_argument("--frequency-prior", type=float, default=0.05,
+                 help="the word-by-word start's word translation (benchmarks/unmt_word_translation.py)")
   q = sub.add_parser("positions", help="the halves pretraining with learned vs sinusoidal positions")
   q.add_argument("--variant", default="tiny")
   q.add_argument("--pretrain-steps", type=int, default=6000)

@@ -3,7 +3,8 @@
   python main.py --config=configs/nmt.py:demo --workdir=runs/nmt --config.init.bundle=runs/demo/pretrain
   python main.py --config=configs/nmt.py:multi30k --workdir=runs/nmt_enfr --config.init.bundle=runs/m30k \
       --config.nmt.mt_steps=en-fr,fr-en
-  python main.py --config=configs/nmt.py:multi30k_unsup --workdir=runs/unmt --config.init.bundle=runs/m30k
+  python benchmarks/unmt_word_translation.py --frequency-prior 0.05 --write-pseudo runs/unmt/word_by_word
+  python main.py --config=configs/nmt.py:multi30k_unsup --workdir=runs/unmt --config.init.bundle=runs/m30k_halves
 
 Variants:
   demo            supervised MT between the generated languages xa and xb
@@ -11,8 +12,9 @@ Variants:
   multi30k_unsup  unsupervised MT: denoising + on-the-fly back-translation on two disjoint halves of the Multi30k
                   training set (English from lines 0-14,499, French from lines 14,500-28,999: no sentence pair is
                   ever seen), the reference's UNMT noise and loss-weight settings; seed it from an MLM pretraining
-                  on the same halves (configs/multi30k.py:<size>_halves); benchmarks/multi30k_unmt.py runs both
-                  and the evaluation end to end
+                  on the same halves (configs/multi30k.py:<size>_halves); its MT objective reads word-by-word
+                  pseudo-parallel text (nmt.direction_corpora, written by benchmarks/unmt_word_translation.py
+                  --write-pseudo), never a sentence pair; benchmarks/multi30k_unmt.py runs all of it end to end
 The encoder/decoder initialisation is `config.init.encoder` / `config.init.decoder` in {pretrained, scratch}.
 """
 import os
@@ -75,6 +77,14 @@ def get_config(arg: str | None = None):
       # the back-translation, each objective's mean loss weighing the same)
       c.nmt.src_len = c.nmt.tgt_len = 48
       c.nmt.roundtrip_sentences = 250              # unsupervised model selection (round-trip BLEU), logged
+      # Lample et al. (2018)'s word-by-word start (issue 14): unsupervised word translation of the halves (vectors
+      # mapped without any pair, benchmarks/unmt_word_translation.py --frequency-prior 0.05 --write-pseudo FOLDER)
+      # turns each real sentence into a rough one in the other language; those (rough -> real) pairs train MT per
+      # direction, weighted 1 -> 0 over the first 3,000 steps while back-translation takes over
+      c.nmt.unsupervised = True                    # no sentence pair of the corpus reaches training
+      c.nmt.mt_steps = "en-fr,fr-en"
+      c.nmt.direction_corpora = "runs/unmt/word_by_word"
+      c.nmt.lambda_mt = "0:1,3000:0"
   else:
     raise ValueError(f"unknown variant {name!r}; choose demo, multi30k or multi30k_unsup")
   return c
