@@ -407,10 +407,22 @@ def _unmt_gpu_estimate() -> str:
     unmt_s = run["seconds"] / run["steps"]
   except (TypeError, KeyError, ZeroDivisionError):
     return head + ":"
+  scale, note = 1.0, ""
+  # the mt1 run first: nothing else ran on its machine while it trained (the wbw_pretrained run shared its CPU)
+  with_start = load("multi30k_unmt_tiny_wbw_pretrained_mt1.json") or load("multi30k_unmt_tiny_wbw_pretrained.json")
+  without = load("multi30k_unmt_tiny_pretrained_sinusoidal.json")
+  try:  # the word-by-word start adds an MT objective to each step: its cost, measured on CPU (evaluations included)
+    a = with_start["curve"][-1]
+    b = next(q for q in without["curve"] if q["step"] == a["step"])
+    scale = (a["seconds"] / a["step"]) / (b["seconds"] / b["step"])
+    note = (f", times {scale:.2f} for the word-by-word start's extra MT objective (the CPU runs' seconds per step "
+            f"with and without it, tiny, to step {a['step']:,})")
+  except (TypeError, KeyError, StopIteration, ZeroDivisionError):
+    pass
   return (head + f"; at the rates measured on an H100 ({pre_s * 1000:.1f} ms per pretraining step, "
-          f"{unmt_s * 1000:.1f} ms per UNMT step, {unmt['machine']}) about {20000 * pre_s / 60:.0f} minutes of "
-          f"pretraining and {50000 * unmt_s / 60:.0f} minutes of UNMT training, plus the BLEU and round-trip "
-          f"evaluations every 2,500 steps:")
+          f"{unmt_s * 1000:.1f} ms per UNMT step without the word-by-word start, {unmt['machine']}{note}) about "
+          f"{20000 * pre_s / 60:.0f} minutes of pretraining and {50000 * unmt_s * scale / 60:.0f} minutes of UNMT "
+          f"training, plus the BLEU and round-trip evaluations every 2,500 steps:")
 
 
 def _unmt_positions() -> list[str]:
@@ -472,6 +484,7 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
                  f"back-translation learns to reconstruct its input through intermediate text that is only partly "
                  f"a translation (frequent words translated, rare ones copied: the samples in the run's "
                  f"TensorBoard text).")
+  copies = lambda q: f"{q['copy_bleu_en-fr']:.1f} / {q['copy_bleu_fr-en']:.1f}"
   wbw, wbw_scratch = by_label.get("wbw_pretrained"), by_label.get("wbw_scratch")
   if wbw:
     w = wbw.get("word_by_word") or {}
@@ -491,6 +504,15 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
       line += (f"; from scratch with the same start {both(s_)} at step {s_['step']:,} "
                f"(MLM initialisation {mean(w_) - mean(s_):+.2f} mean)")
     out.append(line + ": the word-level signal from unpaired text is what back-translation lacked.")
+    for label, what in (("wbw_pretrained_mt1", "The word-by-word MT not annealed (`nmt.lambda_mt='{}'` for the whole "
+                                               "run, the same start and initialisation)"),):
+      run = by_label.get(label)
+      if run and last_common(run, wbw):
+        r_, w_ = last_common(run, wbw)
+        out.append(f"- {what.format(run['config']['unmt']['nmt']['lambda_mt'])}: {both(r_)} BLEU at step "
+                   f"{r_['step']:,} against {both(w_)} with the weight annealed to 0 by step 3,000 "
+                   f"({mean(r_) - mean(w_):+.2f} mean); the output copies its source at {copies(r_)} against "
+                   f"{copies(w_)} BLEU.")
   ceiling = next((d for d in runs if supervised(d)), None)
   tlm = lambda d: any("-" in o for o in str((d.get("pretraining") or {}).get("mlm_steps") or "").split(","))
   unsup = [d for d in runs if not supervised(d) and not tlm(d) and d["variant"] == (ceiling or {}).get("variant")]
@@ -513,7 +535,6 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
                   if at else "."))
   acc = lambda d: ", ".join(f"{k.split('/')[0]} {100 * v:.1f}%" for k, v in
                             d["pretraining"].get("last_eval", {}).items() if k != "step")
-  copies = lambda q: f"{q['copy_bleu_en-fr']:.1f} / {q['copy_bleu_fr-en']:.1f}"
   variants = {  # one change against the sinusoidal recipe: what it is, and what to add after the BLEU
       "pretrained_sinusoidal_20k": (
           lambda d: f"Longer pretraining ({d['pretraining']['checkpoint_step']:,} MLM steps, held-out {acc(d)}; "
@@ -646,7 +667,7 @@ def section_multi30k_unmt(lines):
   if not runs:
     return
   name = lambda d: d.get("label", d["init"])
-  order = ["wbw_pretrained", "wbw_scratch", "pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained_sinusoidal_ae2k",
+  order = ["wbw_pretrained", "wbw_scratch", "wbw_pretrained_mt1", "pretrained_sinusoidal", "scratch_sinusoidal", "pretrained_sinusoidal_20k", "pretrained_sinusoidal_ae2k",
            "f32_dis", "f32_base", "pretrained", "scratch"]
   runs.sort(key=lambda d: (order.index(name(d)) if name(d) in order else len(order), d["variant"], name(d)))
   lines += ["## Unsupervised en<->fr on the Multi30k disjoint halves: BLEU against steps (issue 14)", "",
