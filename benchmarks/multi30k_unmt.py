@@ -18,7 +18,8 @@ to 0 by step 3,000) from the pretraining or from scratch, with BLEU every N step
   # denoising + back-translation alone (the recipe before the word-by-word start):
   ... run ... --override nmt.mt_steps= nmt.direction_corpora=
   # the curve (docs/img/multi30k_unmt.png); docs/results.md is then `python benchmarks/report.py`:
-  python benchmarks/multi30k_unmt.py render benchmarks/results/multi30k_unmt_*.json
+  python benchmarks/multi30k_unmt.py render benchmarks/results/multi30k_unmt_tiny_{wbw_pretrained,wbw_scratch,\
+wbw_pretrained_mt1,pretrained_sinusoidal,scratch_sinusoidal,mlm_tlm_init,supervised_ceiling}.json
 
 Configs: `configs/multi30k.py:<variant>_halves` (MLM on English lines 0-14,499 and French lines 14,500-28,999 of the
 training set, BPE trained on the same halves) and `configs/nmt.py:multi30k_unsup` (the reference's UNMT recipe plus
@@ -261,6 +262,12 @@ def supervised(run: dict) -> bool:
   return bool(nmt.get("mt_steps")) and not nmt.get("bt_steps")
 
 
+def mlm_initialised(d: dict) -> bool:
+  """A run seeded from an MLM pretraining on the halves (the runs the target is about): init 'pretrained' and a
+  label that says so (`pretrained*`, `wbw_pretrained*`), not the parallel-data diagnostics (e.g. `mlm_tlm_init`)."""
+  return d.get("init") == "pretrained" and "pretrained" in d.get("label", d["init"]) and not supervised(d)
+
+
 def render(paths: list[str], png: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -279,7 +286,7 @@ def render(paths: list[str], png: str) -> None:
       continue
     for ax, key in zip(axes[:2], ("bleu_en-fr", "bleu_fr-en")):
       ax.plot(steps, [p[key] for p in d["curve"]], marker="o", color=color, label=f"{label} ({d['variant']})")
-      fit = log_fit(d["curve"], key) if label.startswith("pretrained") else None
+      fit = log_fit(d["curve"], key) if mlm_initialised(d) else None
       if fit:  # the projection: the ln-fit of the last half, drawn to twice the last step
         import numpy as np
         xs = np.linspace(steps[len(steps) // 2], 2 * steps[-1], 50)

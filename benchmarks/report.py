@@ -10,7 +10,7 @@ import glob
 import json
 import os
 
-from multi30k_unmt import UNMT_TARGET, supervised
+from multi30k_unmt import UNMT_TARGET, mlm_initialised, supervised
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -730,7 +730,7 @@ def section_multi30k_unmt(lines):
                      f"{mean(by_true):.2f} (step {by_true['step']:,}); Spearman rank correlation of round-trip "
                      f"and mean BLEU over the {len(curve)} evaluations: "
                      f"{_spearman([q['roundtrip_bleu'] for q in curve], [mean(q) for q in curve]):+.2f}.")
-    if name(d).startswith("pretrained"):
+    if mlm_initialised(d):
       best = max(q["bleu_en-fr"] for q in curve)
       summary.append(f"Target >= {UNMT_TARGET:.0f} BLEU en->fr: {'reached' if best >= UNMT_TARGET else 'NOT reached'} "
                      f"(best {best:.2f}).")
