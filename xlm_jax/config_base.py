@@ -105,7 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.nmt.direction_corpora = ""         # a folder of corpora per MT direction, <src>-<tgt>/train.* (e.g. word-by-word
                                        # pseudo-parallel text): their train pairs feed that direction's MT objective
   c.nmt.output_vocab_min_count = 0     # >0: each language produces only words seen this often in its monolingual
-                                       # training text (back-translation and evaluation decoding); 0 = off
+                                       # training text (back-translation and the run's BLEU decoding only: the
+                                       # bundle does not store it, xlm_jax.translate decodes without it); 0 = off
   c.nmt.beam_size = 1                  # evaluation decoding
   c.nmt.length_penalty = 1.0
   c.nmt.early_stopping = False
