@@ -503,6 +503,11 @@ def _unmt_evidence(runs: list[dict]) -> list[str]:
       w_, s_ = last_common(wbw, wbw_scratch)
       line += (f"; from scratch with the same start {both(s_)} at step {s_['step']:,} "
                f"(MLM initialisation {mean(w_) - mean(s_):+.2f} mean)")
+    tlm_run = by_label.get("mlm_tlm_init")
+    if tlm_run:
+      best_tlm = max(q["bleu_en-fr"] for q in tlm_run["curve"])
+      line += (f"; {'above' if top['bleu_en-fr'] > best_tlm else 'below'} the best en->fr of the MLM+TLM "
+               f"initialisation on parallel text ({best_tlm:.2f}, `mlm_tlm_init` below)")
     out.append(line + ": the word-level signal from unpaired text is what back-translation lacked.")
     for label, what in (("wbw_pretrained_mt1", "The word-by-word MT not annealed (`nmt.lambda_mt='{}'` for the whole "
                                                "run, the same start and initialisation)"),):
